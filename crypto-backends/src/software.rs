@@ -1,0 +1,201 @@
+//! The default backend: rustls on aws-lc-rs, keys in process memory.
+//!
+//! Key exchange prefers the X25519MLKEM768 post-quantum hybrid and falls back
+//! to X25519, P-256 and P-384; TLS 1.2 suites are the aws-lc-rs set, which is
+//! ECDHE with AEAD only.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
+use rustls::sign::SigningKey;
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::{PemObject, SectionKind};
+use zeroize::Zeroizing;
+
+use crate::{Backend, Error, KeyRef};
+
+/// Keys held in memory, used through aws-lc-rs.
+#[derive(Debug)]
+pub struct Software {
+    provider: Arc<CryptoProvider>,
+}
+
+impl Software {
+    /// Creates the backend with mtlsd's provider (see [`provider`]).
+    pub fn new() -> Self {
+        Self {
+            provider: Arc::new(provider()),
+        }
+    }
+}
+
+impl Default for Software {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for Software {
+    fn name(&self) -> &'static str {
+        "software"
+    }
+
+    fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    fn load_signing_key(&self, key: &KeyRef) -> Result<Arc<dyn SigningKey>, Error> {
+        let KeyRef::File(path) = key else {
+            return Err(Error::UnsupportedKeyRef {
+                backend: self.name(),
+                key: key.to_string(),
+            });
+        };
+        let der = read_private_key_file(path)?;
+        aws_lc_rs::sign::any_supported_type(&der.as_key()).map_err(|e| Error::UnsupportedKey {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The rustls provider mtlsd uses: aws-lc-rs with post-quantum hybrid key exchange first.
+pub fn provider() -> CryptoProvider {
+    use aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};
+    CryptoProvider {
+        kx_groups: vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1],
+        ..aws_lc_rs::default_provider()
+    }
+}
+
+/// A private key's DER bytes, wiped from memory when dropped.
+struct SecretDer {
+    kind: SectionKind,
+    der: Zeroizing<Vec<u8>>,
+}
+
+impl SecretDer {
+    /// Borrows the bytes as a rustls key without copying them out of the zeroizing buffer.
+    fn as_key(&self) -> PrivateKeyDer<'_> {
+        let der = self.der.as_slice();
+        match self.kind {
+            SectionKind::RsaPrivateKey => PrivateKeyDer::Pkcs1(der.into()),
+            SectionKind::EcPrivateKey => PrivateKeyDer::Sec1(der.into()),
+            _ => PrivateKeyDer::Pkcs8(der.into()),
+        }
+    }
+}
+
+/// Reads the first private key from a PEM file, refusing files other users can reach.
+fn read_private_key_file(path: &Path) -> Result<SecretDer, Error> {
+    let io_err = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(io_err)?;
+    let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o7777;
+    // World access of any kind, or a group that may rewrite the key, is refused;
+    // group read stays allowed for the Debian `ssl-cert` convention.
+    if mode & 0o027 != 0 {
+        return Err(Error::LoosePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut pem = Zeroizing::new(Vec::new());
+    file.read_to_end(&mut pem).map_err(io_err)?;
+
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
+        let Ok((kind, der)) = section else { break };
+        let der = Zeroizing::new(der);
+        if matches!(
+            kind,
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
+        ) {
+            return Ok(SecretDer { kind, der });
+        }
+    }
+    Err(Error::NoPrivateKey {
+        path: path.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use super::*;
+
+    fn write_key(dir: &Path, name: &str, mode: u32, contents: &str) -> KeyRef {
+        let path = dir.join(name);
+        let mut f = fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(mode)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, contents.as_bytes()).unwrap();
+        // The umask may have cleared bits we asked for; set them exactly.
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        KeyRef::File(path)
+    }
+
+    #[test]
+    fn loads_a_p256_key_and_signs_with_ecdsa() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let key = Software::new()
+            .load_signing_key(&write_key(dir.path(), "k.pem", 0o600, &pem))
+            .unwrap();
+        assert_eq!(key.algorithm(), rustls::SignatureAlgorithm::ECDSA);
+    }
+
+    #[test]
+    fn refuses_world_readable_and_group_writable_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        for (name, mode) in [("world", 0o604), ("groupw", 0o620)] {
+            let err = Software::new()
+                .load_signing_key(&write_key(dir.path(), name, mode, &pem))
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::LoosePermissions { mode: m, .. } if m == mode),
+                "{err}"
+            );
+        }
+        // Group read is the ssl-cert convention and stays allowed.
+        Software::new()
+            .load_signing_key(&write_key(dir.path(), "groupr", 0o640, &pem))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_certificate_is_not_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        let err = Software::new()
+            .load_signing_key(&write_key(dir.path(), "c.pem", 0o600, &cert.cert.pem()))
+            .unwrap_err();
+        assert!(matches!(err, Error::NoPrivateKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn pkcs11_references_are_not_for_the_software_backend() {
+        let err = Software::new()
+            .load_signing_key(&KeyRef::parse("pkcs11:object=x"))
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsupportedKeyRef { .. }), "{err}");
+    }
+
+    #[test]
+    fn post_quantum_hybrid_is_preferred() {
+        assert_eq!(
+            provider().kx_groups[0].name(),
+            rustls::NamedGroup::X25519MLKEM768
+        );
+    }
+}

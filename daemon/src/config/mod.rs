@@ -1,0 +1,549 @@
+//! The daemon's configuration: parsed once from TOML into typed, validated structs.
+//!
+//! Nothing outside this module sees raw strings from the file. Every problem is
+//! reported with the file, line, column and key it comes from, and all problems
+//! in a file are reported at once.
+
+mod error;
+mod raw;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use error::Locator;
+pub use error::{ConfigError, Problem};
+use mtlsd_crypto::KeyRef;
+use raw::{RawConfig, RawLimits, S};
+
+use crate::identity::{SpiffeId, validate_trust_domain};
+use crate::policy::{Policy, Principal};
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our SVID and the bundle peers must chain to.
+    pub identity: IdentityConfig,
+    /// Which crypto backend holds the key.
+    pub crypto: CryptoConfig,
+    /// TLS-terminating listeners in front of local services.
+    pub inbound: Vec<InboundConfig>,
+    /// Plaintext loopback listeners that dial remote mTLS servers.
+    pub outbound: Vec<OutboundConfig>,
+    /// How long established connections may drain after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Where our identity and trust bundle come from.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// The trust domain we belong to and accept peers from.
+    pub trust_domain: String,
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key.
+    pub key: KeyRef,
+    /// PEM CA certificates of the trust domain.
+    pub bundle: PathBuf,
+}
+
+/// The crypto backend that holds private keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// rustls on aws-lc-rs.
+    Software,
+}
+
+/// Crypto backend selection.
+#[derive(Debug, Clone)]
+pub struct CryptoConfig {
+    /// The backend in use.
+    pub backend: BackendKind,
+}
+
+/// Resource limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections held at once; further ones are closed on accept.
+    pub max_connections: usize,
+    /// Handshakes in progress at once; further ones wait within their timeout.
+    pub max_handshakes: usize,
+    /// Time from accept to an authorized peer, waiting included.
+    pub handshake_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed to connect to the upstream.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_handshakes: 512,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether an inbound listener also takes plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// mTLS only.
+    Strict,
+    /// mTLS, or plaintext treated as an unauthenticated peer.
+    Permissive,
+}
+
+/// Where an inbound listener forwards plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `host:port`, resolved at connect time.
+    Tcp(String),
+    /// A Unix stream socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => f.write_str(addr),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// An mTLS listener in front of a local service.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    /// Unique listener name, used in logs and metrics.
+    pub name: String,
+    /// Address to accept TLS on.
+    pub listen: SocketAddr,
+    /// The local service.
+    pub forward: Upstream,
+    /// Strict or permissive.
+    pub mode: Mode,
+    /// Who may connect.
+    pub policy: Policy,
+    /// Send a PROXY protocol v2 header with the peer's identity to the upstream.
+    pub proxy_protocol: bool,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// A plaintext loopback listener that dials an mTLS server.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// Unique listener name, used in logs and metrics.
+    pub name: String,
+    /// Address local clients connect to.
+    pub listen: SocketAddr,
+    /// Remote `host:port`.
+    pub connect: String,
+    /// The SPIFFE ID the remote server must present.
+    pub server_id: SpiffeId,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Validates config text; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let loc = Locator { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigError::Invalid(vec![loc.problem(
+                e.span().unwrap_or(0..0),
+                "",
+                e.message().trim(),
+            )])
+        })?;
+        let mut v = Validator {
+            loc,
+            problems: Vec::new(),
+        };
+        let config = v.config(raw);
+        match config {
+            Some(config) if v.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid(v.problems)),
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `2h` or `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration; write e.g. \"500ms\", \"10s\", \"5m\", \"2h\" or \"1d\"")
+    })?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?} has unit {unit:?}; use ms, s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// Walks the raw config, collecting every problem instead of stopping at the first.
+struct Validator<'a> {
+    loc: Locator<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn report<T>(&mut self, at: &S<T>, key: &str, message: impl Into<String>) {
+        let p = self.loc.problem(at.span(), key, message);
+        self.problems.push(p);
+    }
+
+    /// Runs `parse` on a spanned value, reporting a failure under `key`.
+    fn check<T, U, E: ToString>(
+        &mut self,
+        value: &S<T>,
+        key: &str,
+        parse: impl FnOnce(&T) -> Result<U, E>,
+    ) -> Option<U> {
+        match parse(value.get_ref()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.report(value, key, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let identity = self.identity(&raw.identity);
+        let crypto = self.crypto(&raw.crypto);
+        let defaults = self.limits(&raw.limits, Limits::default(), "limits");
+        let shutdown_grace = match &raw.shutdown.grace {
+            Some(g) => self.check(g, "shutdown.grace", |s| parse_duration(s)),
+            None => Some(Duration::from_secs(30)),
+        };
+
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut unique = |v: &mut Self, name: &S<String>, listen: Option<SocketAddr>, key: &str| {
+            if !names.insert(name.get_ref().clone()) {
+                v.report(
+                    name,
+                    &format!("{key}.name"),
+                    format!("listener name {:?} is used twice", name.get_ref()),
+                );
+            }
+            if let Some(addr) = listen.filter(|a| a.port() != 0 && !addrs.insert(*a)) {
+                v.report(
+                    name,
+                    &format!("{key}.listen"),
+                    format!("{addr} is used by two listeners"),
+                );
+            }
+        };
+
+        let mut inbound = Vec::new();
+        for (i, raw_in) in raw.inbound.iter().enumerate() {
+            let key = format!("inbound[{i}]");
+            let item = self.inbound(raw_in.get_ref(), defaults.unwrap_or_default(), &key);
+            unique(
+                self,
+                &raw_in.get_ref().name,
+                item.as_ref().map(|c| c.listen),
+                &key,
+            );
+            inbound.extend(item);
+        }
+        let mut outbound = Vec::new();
+        for (i, raw_out) in raw.outbound.iter().enumerate() {
+            let key = format!("outbound[{i}]");
+            let item = self.outbound(raw_out.get_ref(), defaults.unwrap_or_default(), &key);
+            unique(
+                self,
+                &raw_out.get_ref().name,
+                item.as_ref().map(|c| c.listen),
+                &key,
+            );
+            outbound.extend(item);
+        }
+        if raw.inbound.is_empty() && raw.outbound.is_empty() {
+            let p = self.loc.problem(
+                0..0,
+                "",
+                "no listeners: add at least one [[inbound]] or [[outbound]] table",
+            );
+            self.problems.push(p);
+        }
+
+        Some(Config {
+            identity: identity?,
+            crypto: crypto?,
+            inbound,
+            outbound,
+            shutdown_grace: shutdown_grace?,
+        })
+    }
+
+    fn identity(&mut self, raw: &S<raw::RawIdentity>) -> Option<IdentityConfig> {
+        let raw = raw.get_ref();
+        let trust_domain = self.check(&raw.trust_domain, "identity.trust_domain", |td| {
+            validate_trust_domain(td).map(|()| td.clone())
+        });
+        let path = |v: &mut Self, s: &S<String>, key: &str| {
+            v.check(s, key, |p| {
+                if p.is_empty() {
+                    Err("must not be empty")
+                } else {
+                    Ok(PathBuf::from(p))
+                }
+            })
+        };
+        let cert = path(self, &raw.cert, "identity.cert");
+        let bundle = path(self, &raw.bundle, "identity.bundle");
+        let key = self.check(&raw.key, "identity.key", |k| {
+            if k.is_empty() {
+                Err("must not be empty")
+            } else {
+                Ok(KeyRef::parse(k))
+            }
+        });
+        Some(IdentityConfig {
+            trust_domain: trust_domain?,
+            cert: cert?,
+            key: key?,
+            bundle: bundle?,
+        })
+    }
+
+    fn crypto(&mut self, raw: &raw::RawCrypto) -> Option<CryptoConfig> {
+        let backend = match &raw.backend {
+            None => BackendKind::Software,
+            Some(b) => self.check(b, "crypto.backend", |name| match name.as_str() {
+                "software" => Ok(BackendKind::Software),
+                "openssl" | "pkcs11" => Err(format!(
+                    "the {name} backend is not built into this version; use \"software\""
+                )),
+                other => Err(format!(
+                    "unknown backend {other:?}; expected \"software\", \"openssl\" or \"pkcs11\""
+                )),
+            })?,
+        };
+        Some(CryptoConfig { backend })
+    }
+
+    fn limits(&mut self, raw: &RawLimits, base: Limits, key: &str) -> Option<Limits> {
+        let mut out = base;
+        let mut ok = true;
+        let count = |v: &mut Self, field: &Option<S<i64>>, name: &str, dst: &mut usize| {
+            if let Some(n) = field {
+                match v.check(n, &format!("{key}.{name}"), |n| {
+                    usize::try_from(*n)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or("must be a positive integer")
+                }) {
+                    Some(n) => *dst = n,
+                    None => return false,
+                }
+            }
+            true
+        };
+        ok &= count(
+            self,
+            &raw.max_connections,
+            "max_connections",
+            &mut out.max_connections,
+        );
+        ok &= count(
+            self,
+            &raw.max_handshakes,
+            "max_handshakes",
+            &mut out.max_handshakes,
+        );
+        let duration = |v: &mut Self, field: &Option<S<String>>, name: &str, dst: &mut Duration| {
+            if let Some(d) = field {
+                match v.check(d, &format!("{key}.{name}"), |s| {
+                    parse_duration(s).and_then(|d| {
+                        if d.is_zero() {
+                            Err("must be longer than zero".into())
+                        } else {
+                            Ok(d)
+                        }
+                    })
+                }) {
+                    Some(d) => *dst = d,
+                    None => return false,
+                }
+            }
+            true
+        };
+        ok &= duration(
+            self,
+            &raw.handshake_timeout,
+            "handshake_timeout",
+            &mut out.handshake_timeout,
+        );
+        ok &= duration(
+            self,
+            &raw.idle_timeout,
+            "idle_timeout",
+            &mut out.idle_timeout,
+        );
+        ok &= duration(
+            self,
+            &raw.connect_timeout,
+            "connect_timeout",
+            &mut out.connect_timeout,
+        );
+        ok.then_some(out)
+    }
+
+    fn listen(&mut self, raw: &S<String>, key: &str) -> Option<SocketAddr> {
+        self.check(raw, &format!("{key}.listen"), |s| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "{s:?} is not an IP:port address (e.g. \"0.0.0.0:15443\" or \"[::1]:15001\")"
+                )
+            })
+        })
+    }
+
+    fn inbound(
+        &mut self,
+        raw: &raw::RawInbound,
+        defaults: Limits,
+        key: &str,
+    ) -> Option<InboundConfig> {
+        let listen = self.listen(&raw.listen, key);
+        let forward = self.check(&raw.forward, &format!("{key}.forward"), |s| {
+            parse_upstream(s)
+        });
+        let mode = match &raw.mode {
+            None => Some(Mode::Strict),
+            Some(m) => self.check(m, &format!("{key}.mode"), |m| match m.as_str() {
+                "strict" => Ok(Mode::Strict),
+                "permissive" => Ok(Mode::Permissive),
+                other => Err(format!(
+                    "unknown mode {other:?}; expected \"strict\" or \"permissive\""
+                )),
+            }),
+        };
+        let rules = |v: &mut Self, list: &[S<String>], name: &str| -> Option<Vec<Principal>> {
+            let parsed: Vec<_> = list
+                .iter()
+                .enumerate()
+                .map(|(i, r)| v.check(r, &format!("{key}.{name}[{i}]"), |s| s.parse::<Principal>()))
+                .collect();
+            parsed.into_iter().collect()
+        };
+        let allow = rules(self, &raw.allow, "allow");
+        let deny = rules(self, &raw.deny, "deny");
+        if raw.allow.is_empty() {
+            self.report(
+                &raw.name,
+                &format!("{key}.allow"),
+                "allow is empty, so this listener would refuse every peer; list the SPIFFE IDs, \
+                 spiffe://td/prefix/* patterns or trust domains that may connect",
+            );
+        }
+        let policy = Policy {
+            allow: allow?,
+            deny: deny?,
+        };
+        if mode == Some(Mode::Strict) && policy.mentions_unauthenticated() {
+            let at = raw
+                .allow
+                .iter()
+                .chain(&raw.deny)
+                .find(|r| r.get_ref() == crate::policy::UNAUTHENTICATED)?;
+            self.report(
+                at,
+                &format!("{key}.allow"),
+                "\"unauthenticated\" only applies to mode = \"permissive\"",
+            );
+        }
+        let limits = self.limits(&raw.limits, defaults, &format!("{key}.limits"));
+        Some(InboundConfig {
+            name: raw.name.get_ref().clone(),
+            listen: listen?,
+            forward: forward?,
+            mode: mode?,
+            policy,
+            proxy_protocol: raw.proxy_protocol,
+            limits: limits?,
+        })
+    }
+
+    fn outbound(
+        &mut self,
+        raw: &raw::RawOutbound,
+        defaults: Limits,
+        key: &str,
+    ) -> Option<OutboundConfig> {
+        let listen = self.listen(&raw.listen, key);
+        let connect = self.check(&raw.connect, &format!("{key}.connect"), |s| {
+            parse_host_port(s).map(|()| s.clone())
+        });
+        let server_id = self.check(&raw.server_id, &format!("{key}.server_id"), |s| {
+            s.parse::<SpiffeId>()
+        });
+        let limits = self.limits(&raw.limits, defaults, &format!("{key}.limits"));
+        Some(OutboundConfig {
+            name: raw.name.get_ref().clone(),
+            listen: listen?,
+            connect: connect?,
+            server_id: server_id?,
+            limits: limits?,
+        })
+    }
+}
+
+fn parse_host_port(s: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not host:port (e.g. \"127.0.0.1:8080\", \"[::1]:8080\" or \"web.internal:8080\")"
+        )
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty()
+        || host.contains(['[', ']', '/'])
+        || port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    match s.strip_prefix("unix:") {
+        Some(path) if path.starts_with('/') => Ok(Upstream::Unix(PathBuf::from(path))),
+        Some(_) => Err(format!(
+            "{s:?}: a Unix socket path must be absolute, as in \"unix:/run/web.sock\""
+        )),
+        None => parse_host_port(s).map(|()| Upstream::Tcp(s.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

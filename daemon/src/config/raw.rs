@@ -1,0 +1,82 @@
+//! The config file exactly as written, with source spans kept for error messages.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A value together with where it was written.
+pub(super) type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub identity: S<RawIdentity>,
+    #[serde(default)]
+    pub crypto: RawCrypto,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub inbound: Vec<S<RawInbound>>,
+    #[serde(default)]
+    pub outbound: Vec<S<RawOutbound>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    pub trust_domain: S<String>,
+    pub cert: S<String>,
+    pub key: S<String>,
+    pub bundle: S<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCrypto {
+    pub backend: Option<S<String>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub max_connections: Option<S<i64>>,
+    pub max_handshakes: Option<S<i64>>,
+    pub handshake_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShutdown {
+    pub grace: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInbound {
+    pub name: S<String>,
+    pub listen: S<String>,
+    pub forward: S<String>,
+    pub mode: Option<S<String>>,
+    #[serde(default)]
+    pub allow: Vec<S<String>>,
+    #[serde(default)]
+    pub deny: Vec<S<String>>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbound {
+    pub name: S<String>,
+    pub listen: S<String>,
+    pub connect: S<String>,
+    pub server_id: S<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}

@@ -1,0 +1,172 @@
+use super::*;
+
+const IDENTITY: &str = r#"
+[identity]
+trust_domain = "example.org"
+cert = "/etc/mtlsd/svid.pem"
+key = "/etc/mtlsd/svid.key"
+bundle = "/etc/mtlsd/bundle.pem"
+"#;
+
+fn parse(body: &str) -> Result<Config, ConfigError> {
+    Config::parse(&format!("{IDENTITY}{body}"), "mtlsd.toml")
+}
+
+fn problems(body: &str) -> Vec<String> {
+    match parse(body) {
+        Ok(_) => panic!("config was accepted"),
+        Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The line number in the combined file of the first line of `body` that contains `needle`.
+fn line_of(body: &str, needle: &str) -> usize {
+    IDENTITY.lines().count() + body.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn complete_example_parses_into_typed_values() {
+    let c = parse(
+        r#"
+[limits]
+max_connections = 100
+handshake_timeout = "3s"
+
+[shutdown]
+grace = "5s"
+
+[[inbound]]
+name = "web"
+listen = "0.0.0.0:15443"
+forward = "unix:/run/web.sock"
+mode = "permissive"
+allow = ["spiffe://example.org/ns/default/sa/frontend", "spiffe://example.org/ns/batch/*", "unauthenticated"]
+deny = ["spiffe://example.org/ns/batch/sa/untrusted"]
+proxy_protocol = true
+limits = { idle_timeout = "90s" }
+
+[[outbound]]
+name = "to-web"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5:15443"
+server_id = "spiffe://example.org/ns/default/sa/web"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.identity.trust_domain, "example.org");
+    assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+    let web = &c.inbound[0];
+    assert_eq!(web.forward, Upstream::Unix("/run/web.sock".into()));
+    assert_eq!(web.mode, Mode::Permissive);
+    assert_eq!(web.policy.allow.len(), 3);
+    assert!(web.proxy_protocol);
+    // Listener limits inherit [limits] and override field by field.
+    assert_eq!(web.limits.max_connections, 100);
+    assert_eq!(web.limits.handshake_timeout, Duration::from_secs(3));
+    assert_eq!(web.limits.idle_timeout, Duration::from_secs(90));
+    assert_eq!(web.limits.max_handshakes, Limits::default().max_handshakes);
+    assert_eq!(c.outbound[0].server_id.path(), "/ns/default/sa/web");
+    assert_eq!(c.outbound[0].limits.max_connections, 100);
+}
+
+#[test]
+fn bad_values_name_file_line_and_key() {
+    let body = r#"
+[[inbound]]
+name = "web"
+listen = "0.0.0.0:15443"
+forward = "127.0.0.1:8080"
+allow = ["spiffe://example.org/a", "spiffe://Example.org/b"]
+"#;
+    let p = problems(body);
+    let line = line_of(body, "allow =");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(&format!(
+            "mtlsd.toml:{line}:36: inbound[0].allow[1]: trust domain has 'E'"
+        )),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let body = r#"
+[[inbound]]
+name = "web"
+listen = "localhost:15443"
+forward = "unix:relative.sock"
+mode = "strict"
+allow = ["unauthenticated"]
+limits = { handshake_timeout = "10 seconds" }
+
+[[outbound]]
+name = "web"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5"
+server_id = "spiffe://example.org/x/"
+"#;
+    let p = problems(body).join("\n");
+    for want in [
+        format!("{}:", line_of(body, "listen = \"localhost")),
+        "inbound[0].listen: \"localhost:15443\" is not an IP:port address".into(),
+        "inbound[0].forward: \"unix:relative.sock\": a Unix socket path must be absolute".into(),
+        "inbound[0].allow: \"unauthenticated\" only applies to mode = \"permissive\"".into(),
+        "inbound[0].limits.handshake_timeout: \"10 seconds\" has unit \" seconds\"".into(),
+        "outbound[0].name: listener name \"web\" is used twice".into(),
+        "outbound[0].connect: \"10.0.0.5\" is not host:port".into(),
+        "outbound[0].server_id: path segments must be non-empty".into(),
+    ] {
+        assert!(p.contains(&want), "missing {want:?} in:\n{p}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_missing_sections_are_located() {
+    let body = "\n[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\nalow = [\"spiffe://example.org\"]\n";
+    let p = problems(body);
+    assert!(
+        p[0].starts_with(&format!(
+            "mtlsd.toml:{}:1: unknown field `alow`",
+            line_of(body, "alow")
+        )),
+        "{}",
+        p[0]
+    );
+
+    let e = Config::parse("[[inbound]]\nname = \"x\"\n", "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("f.toml:"), "{e}");
+    assert!(e.contains("missing field"), "{e}");
+}
+
+#[test]
+fn a_listener_that_allows_nobody_is_a_mistake() {
+    let p = problems(
+        "[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\n",
+    );
+    assert!(
+        p[0].contains("inbound[0].allow: allow is empty"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn no_listeners_is_an_error() {
+    let p = problems("");
+    assert!(p[0].contains("no listeners"), "{}", p[0]);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+    assert!(parse_duration("").is_err());
+    assert!(parse_duration("5").is_err());
+    assert!(parse_duration("-5s").is_err());
+}

@@ -1,0 +1,16 @@
+//! mtlsd: a host-level mTLS termination daemon.
+//!
+//! The data path reads top to bottom: [`proxy::inbound`] accepts TLS, verifies
+//! the peer's SVID ([`identity`]), authorizes its SPIFFE ID ([`policy`]),
+//! connects to the local service and copies bytes ([`proxy::forward`]);
+//! [`proxy::outbound`] is the mirror image for local clients. [`runtime`] binds
+//! the listeners from a [`config::Config`] and drains them on shutdown.
+
+pub mod ca;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod policy;
+pub mod proxy;
+pub mod runtime;
+pub mod tls;

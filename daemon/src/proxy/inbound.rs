@@ -1,0 +1,281 @@
+//! Inbound: accept TLS, verify the peer's SVID, authorize its SPIFFE ID, forward plaintext.
+//!
+//! Stages run in order and each can refuse: nothing, not even a TCP connect,
+//! reaches the local service before the peer is authorized.
+//!
+//! accept → (permissive: plaintext?) → mTLS handshake → authorize → connect upstream →
+//! PROXY header → splice → "connection closed"
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::info;
+
+use super::forward::{Forwarded, splice};
+use super::{Drain, Refusal, RefuseReason, accept_loop, proxy_protocol};
+use crate::config::{InboundConfig, Mode, Upstream};
+use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::policy::{Decision, Peer};
+use crate::tls::TlsIdentity;
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A running inbound listener's shared state.
+pub struct Inbound {
+    config: InboundConfig,
+    acceptor: TlsAcceptor,
+    connections: Arc<Semaphore>,
+    handshakes: Semaphore,
+}
+
+/// A peer that passed the handshake and the policy.
+enum Admitted {
+    Tls {
+        stream: Box<TlsStream<TcpStream>>,
+        id: SpiffeId,
+        rule: String,
+    },
+    Plaintext {
+        stream: TcpStream,
+        rule: String,
+    },
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Prepares a listener for `config` using our TLS identity.
+    pub fn new(config: InboundConfig, tls: &TlsIdentity) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            acceptor: TlsAcceptor::from(tls.server_config()?),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshakes: Semaphore::new(config.limits.max_handshakes),
+            config,
+        })
+    }
+
+    /// The listener's configuration.
+    pub fn config(&self) -> &InboundConfig {
+        &self.config
+    }
+
+    /// Accepts connections until `drain` says stop; each connection runs in `drain`'s tracker.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
+        let name = self.config.name.clone();
+        accept_loop(
+            &name,
+            listener,
+            &self.connections,
+            &drain,
+            |stream, src, permit| {
+                let this = self.clone();
+                let hard_stop = drain.hard_stop.clone();
+                async move {
+                    this.handle(stream, src, &hard_stop).await;
+                    drop(permit);
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        src: SocketAddr,
+        hard_stop: &tokio_util::sync::CancellationToken,
+    ) {
+        let started = Instant::now();
+        let local = stream.local_addr().unwrap_or(self.config.listen);
+        let _ = stream.set_nodelay(true);
+        let deadline = started + self.config.limits.handshake_timeout;
+        let admitted = match timeout_at(deadline, self.admit(stream)).await {
+            Ok(Ok(admitted)) => admitted,
+            Ok(Err(refusal)) => return refusal.log(&self.config.name, src),
+            Err(_) => {
+                return Refusal::new(
+                    RefuseReason::HandshakeTimeout,
+                    "no authorized peer within handshake_timeout",
+                )
+                .log(&self.config.name, src);
+            }
+        };
+        let (peer_id, rule) = match &admitted {
+            Admitted::Tls { id, rule, .. } => (id.as_str().to_owned(), rule.clone()),
+            Admitted::Plaintext { rule, .. } => {
+                (crate::policy::UNAUTHENTICATED.to_owned(), rule.clone())
+            }
+        };
+
+        let forwarded = match self.connect_upstream().await {
+            Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, hard_stop).await,
+            Ok(UpstreamStream::Unix(up)) => self.forward(admitted, up, src, local, hard_stop).await,
+            Err(e) => {
+                return Refusal::new(
+                    RefuseReason::UpstreamUnavailable,
+                    format!("{}: {e}", self.config.forward),
+                )
+                .with_peer(&peer_id)
+                .log(&self.config.name, src);
+            }
+        };
+        info!(
+            listener = %self.config.name,
+            src = %src,
+            peer_id = %peer_id,
+            rule = %rule,
+            upstream = %self.config.forward,
+            bytes_from_peer = forwarded.from_peer,
+            bytes_to_peer = forwarded.to_peer,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = forwarded.reason.as_str(),
+            error = forwarded.error.as_ref().map(tracing::field::display),
+            "connection closed"
+        );
+    }
+
+    /// Handshake and policy: returns an authorized peer or the reason it was refused.
+    async fn admit(&self, stream: TcpStream) -> Result<Admitted, Refusal> {
+        let _slot = self
+            .handshakes
+            .acquire()
+            .await
+            .expect("handshake semaphore is never closed");
+
+        if self.config.mode == Mode::Permissive && !starts_with_tls(&stream).await? {
+            let rule = self.authorize(Peer::Unauthenticated)?;
+            return Ok(Admitted::Plaintext { stream, rule });
+        }
+
+        let tls = self
+            .acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| Refusal::new(RefuseReason::of_handshake(&e), e.to_string()))?;
+        // The verifier already insisted on exactly one SPIFFE ID in our trust domain.
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let id = leaf
+            .ok_or_else(|| {
+                Refusal::new(RefuseReason::NoClientCert, "no certificate after handshake")
+            })
+            .and_then(|cert| {
+                spiffe_id_of(cert)
+                    .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
+            })?;
+        let rule = self
+            .authorize(Peer::Spiffe(&id))
+            .map_err(|r| r.with_peer(id.as_str()))?;
+        Ok(Admitted::Tls {
+            stream: Box::new(tls),
+            id,
+            rule,
+        })
+    }
+
+    fn authorize(&self, peer: Peer<'_>) -> Result<String, Refusal> {
+        match self.config.policy.authorize(peer) {
+            Decision::Allow(rule) => Ok(rule.to_string()),
+            Decision::Deny(rule) => Err(Refusal::new(
+                RefuseReason::Denied,
+                format!("deny rule {rule} matched"),
+            )),
+            Decision::NoMatch => Err(Refusal::new(
+                RefuseReason::NotAllowed,
+                "no allow rule matched",
+            )),
+        }
+    }
+
+    async fn connect_upstream(&self) -> std::io::Result<UpstreamStream> {
+        let connect = async {
+            match &self.config.forward {
+                Upstream::Tcp(addr) => {
+                    let s = TcpStream::connect(addr.as_str()).await?;
+                    let _ = s.set_nodelay(true);
+                    Ok(UpstreamStream::Tcp(s))
+                }
+                Upstream::Unix(path) => UnixStream::connect(path).await.map(UpstreamStream::Unix),
+            }
+        };
+        timeout(self.config.limits.connect_timeout, connect)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    async fn forward<U>(
+        &self,
+        admitted: Admitted,
+        mut upstream: U,
+        src: SocketAddr,
+        local: SocketAddr,
+        hard_stop: &tokio_util::sync::CancellationToken,
+    ) -> Forwarded
+    where
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let idle = self.config.limits.idle_timeout;
+        match admitted {
+            Admitted::Tls { stream, id, .. } => {
+                if self.config.proxy_protocol {
+                    let version = match stream.get_ref().1.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                        _ => "TLSv1.3",
+                    };
+                    let tls = proxy_protocol::TlsInfo {
+                        spiffe_id: &id,
+                        version,
+                    };
+                    if let Err(e) = upstream
+                        .write_all(&proxy_protocol::encode(src, local, Some(tls)))
+                        .await
+                    {
+                        return Forwarded::failed(e);
+                    }
+                }
+                splice(stream, upstream, idle, hard_stop).await
+            }
+            Admitted::Plaintext { stream, .. } => {
+                if self.config.proxy_protocol {
+                    if let Err(e) = upstream
+                        .write_all(&proxy_protocol::encode(src, local, None))
+                        .await
+                    {
+                        return Forwarded::failed(e);
+                    }
+                }
+                splice(stream, upstream, idle, hard_stop).await
+            }
+        }
+    }
+}
+
+enum UpstreamStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Peeks at the first byte: a TLS handshake record, or plaintext.
+async fn starts_with_tls(stream: &TcpStream) -> Result<bool, Refusal> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => Err(Refusal::new(
+            RefuseReason::PeerClosed,
+            "closed before sending anything",
+        )),
+        Ok(_) => Ok(first[0] == TLS_HANDSHAKE),
+        Err(e) => Err(Refusal::new(RefuseReason::PeerClosed, e.to_string())),
+    }
+}

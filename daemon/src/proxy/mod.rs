@@ -1,0 +1,230 @@
+//! The data path: inbound and outbound listeners, the copy loop and what we tell upstreams.
+
+pub mod forward;
+pub mod inbound;
+pub mod outbound;
+pub mod proxy_protocol;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{CertificateError, Error as TlsError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, warn};
+
+use crate::identity::SvidError;
+
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a connection was refused; the `as_str` form is the `reason` field of logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The listener is at `max_connections`.
+    TooManyConnections,
+    /// The handshake (including waiting for a slot) took longer than `handshake_timeout`.
+    HandshakeTimeout,
+    /// The peer closed the connection before the handshake finished.
+    PeerClosed,
+    /// The first flight was not a TLS ClientHello, or was malformed.
+    BadClientHello,
+    /// The client sent no certificate.
+    NoClientCert,
+    /// The peer's chain does not lead to a root of our bundle.
+    UnknownIssuer,
+    /// The peer's certificate has expired.
+    CertExpired,
+    /// The peer's certificate is not valid yet.
+    CertNotYetValid,
+    /// The peer's certificate is unusable for another reason (bad signature, wrong usage, ...).
+    BadCertificate,
+    /// The certificate has no single valid SPIFFE ID.
+    NoSpiffeId,
+    /// The SPIFFE ID is in a trust domain we do not accept.
+    ForeignTrustDomain,
+    /// The server's SPIFFE ID is not the one the route expects.
+    UnexpectedServerId,
+    /// Any other TLS failure (no common version or cipher, an alert from the peer, ...).
+    TlsError,
+    /// No allow rule matched the peer (default deny).
+    NotAllowed,
+    /// A deny rule matched the peer.
+    Denied,
+    /// The upstream could not be reached.
+    UpstreamUnavailable,
+}
+
+impl RefuseReason {
+    /// Stable snake_case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooManyConnections => "too_many_connections",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::PeerClosed => "peer_closed",
+            Self::BadClientHello => "bad_client_hello",
+            Self::NoClientCert => "no_client_cert",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::CertExpired => "cert_expired",
+            Self::CertNotYetValid => "cert_not_yet_valid",
+            Self::BadCertificate => "bad_certificate",
+            Self::NoSpiffeId => "no_spiffe_id",
+            Self::ForeignTrustDomain => "foreign_trust_domain",
+            Self::UnexpectedServerId => "unexpected_server_id",
+            Self::TlsError => "tls_error",
+            Self::NotAllowed => "not_allowed",
+            Self::Denied => "denied",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+
+    /// Classifies the error a failed handshake returned.
+    pub fn of_handshake(err: &io::Error) -> Self {
+        let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
+            return match err.kind() {
+                io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe => Self::PeerClosed,
+                _ => Self::TlsError,
+            };
+        };
+        match tls {
+            TlsError::NoCertificatesPresented => Self::NoClientCert,
+            TlsError::InvalidMessage(_) | TlsError::InappropriateMessage { .. } => {
+                Self::BadClientHello
+            }
+            TlsError::InvalidCertificate(cert) => match cert {
+                CertificateError::UnknownIssuer => Self::UnknownIssuer,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    Self::CertExpired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    Self::CertNotYetValid
+                }
+                CertificateError::Other(other) => match other.0.downcast_ref::<SvidError>() {
+                    Some(SvidError::ForeignTrustDomain { .. }) => Self::ForeignTrustDomain,
+                    Some(SvidError::UnexpectedServerId { .. }) => Self::UnexpectedServerId,
+                    Some(_) => Self::NoSpiffeId,
+                    None => Self::BadCertificate,
+                },
+                _ => Self::BadCertificate,
+            },
+            _ => Self::TlsError,
+        }
+    }
+}
+
+impl std::fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused connection: the reason, a human-readable detail and, once known, the peer.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub reason: RefuseReason,
+    /// What exactly happened.
+    pub detail: String,
+    /// The peer's SPIFFE ID when the refusal came after the handshake.
+    pub peer: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal before the peer's identity is known.
+    pub fn new(reason: RefuseReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            peer: None,
+        }
+    }
+
+    /// Records who was refused.
+    pub fn with_peer(mut self, peer: &str) -> Self {
+        self.peer = Some(peer.to_owned());
+        self
+    }
+
+    /// Emits the single "connection refused" log line.
+    pub fn log(&self, listener: &str, src: SocketAddr) {
+        warn!(
+            listener = %listener,
+            src = %src,
+            reason = self.reason.as_str(),
+            peer_id = self.peer.as_deref(),
+            detail = %self.detail,
+            "connection refused"
+        );
+    }
+}
+
+/// How listeners learn to stop: stop accepting, then (after the grace period) close everything.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    /// Cancelled when listeners must stop accepting.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when established connections must close now.
+    pub hard_stop: CancellationToken,
+    /// Tracks every listener and connection task.
+    pub tracker: TaskTracker,
+}
+
+impl Drain {
+    /// A fresh set of tokens and an open tracker.
+    pub fn new() -> Self {
+        Self {
+            stop_accepting: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Accepts until told to stop, refusing connections beyond the listener's `max_connections`.
+async fn accept_loop<F, Fut>(
+    listener_name: &str,
+    listener: TcpListener,
+    connections: &Arc<Semaphore>,
+    drain: &Drain,
+    mut on_connection: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            () = drain.stop_accepting.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, src) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors or buffers: back off instead of spinning.
+                error!(listener = %listener_name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            Refusal::new(
+                RefuseReason::TooManyConnections,
+                "listener is at max_connections",
+            )
+            .log(listener_name, src);
+            continue;
+        };
+        drain.tracker.spawn(on_connection(stream, src, permit));
+    }
+}

@@ -1,0 +1,142 @@
+//! Outbound: take plaintext from a local client, dial the remote with mTLS, verify its SPIFFE ID, forward.
+//!
+//! accept (loopback) → connect remote → mTLS handshake (server must prove `server_id`) →
+//! splice → "connection closed"
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::forward::splice;
+use super::{Drain, Refusal, RefuseReason, accept_loop};
+use crate::config::OutboundConfig;
+use crate::tls::TlsIdentity;
+
+/// A running outbound listener's shared state.
+pub struct Outbound {
+    config: OutboundConfig,
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+    connections: Arc<Semaphore>,
+    handshakes: Semaphore,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    /// Prepares a listener for `config` using our TLS identity.
+    pub fn new(config: OutboundConfig, tls: &TlsIdentity) -> Result<Self, rustls::Error> {
+        // SNI only; the server is identified by its SPIFFE ID, not its name.
+        let host = config
+            .connect
+            .rsplit_once(':')
+            .map_or(config.connect.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|e| rustls::Error::General(format!("{}: {e}", config.connect)))?;
+        Ok(Self {
+            connector: TlsConnector::from(tls.client_config(&config.server_id)?),
+            server_name,
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshakes: Semaphore::new(config.limits.max_handshakes),
+            config,
+        })
+    }
+
+    /// The listener's configuration.
+    pub fn config(&self) -> &OutboundConfig {
+        &self.config
+    }
+
+    /// Accepts local clients until `drain` says stop.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
+        let name = self.config.name.clone();
+        accept_loop(
+            &name,
+            listener,
+            &self.connections,
+            &drain,
+            |stream, src, permit| {
+                let this = self.clone();
+                let hard_stop = drain.hard_stop.clone();
+                async move {
+                    this.handle(stream, src, &hard_stop).await;
+                    drop(permit);
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn handle(&self, local: TcpStream, src: SocketAddr, hard_stop: &CancellationToken) {
+        let started = Instant::now();
+        let _ = local.set_nodelay(true);
+        let deadline = started + self.config.limits.handshake_timeout;
+        let remote = match timeout_at(deadline, self.dial()).await {
+            Ok(Ok(remote)) => remote,
+            Ok(Err(refusal)) => return refusal.log(&self.config.name, src),
+            Err(_) => {
+                return Refusal::new(
+                    RefuseReason::HandshakeTimeout,
+                    format!(
+                        "{}: no verified server within handshake_timeout",
+                        self.config.connect
+                    ),
+                )
+                .log(&self.config.name, src);
+            }
+        };
+        let forwarded = splice(local, remote, self.config.limits.idle_timeout, hard_stop).await;
+        info!(
+            listener = %self.config.name,
+            src = %src,
+            peer_id = %self.config.server_id,
+            upstream = %self.config.connect,
+            bytes_from_peer = forwarded.from_peer,
+            bytes_to_peer = forwarded.to_peer,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = forwarded.reason.as_str(),
+            error = forwarded.error.as_ref().map(tracing::field::display),
+            "connection closed"
+        );
+    }
+
+    /// Connects to the remote and completes an mTLS handshake with the expected server.
+    async fn dial(&self) -> Result<TlsStream<TcpStream>, Refusal> {
+        let _slot = self
+            .handshakes
+            .acquire()
+            .await
+            .expect("handshake semaphore is never closed");
+        let tcp = TcpStream::connect(self.config.connect.as_str())
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    RefuseReason::UpstreamUnavailable,
+                    format!("{}: {e}", self.config.connect),
+                )
+            })?;
+        let _ = tcp.set_nodelay(true);
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| {
+                Refusal::new(RefuseReason::of_handshake(&e), e.to_string())
+                    .with_peer(self.config.server_id.as_str())
+            })
+    }
+}
