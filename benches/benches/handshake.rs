@@ -1,1 +1,115 @@
-fn main() {}
+//! criterion benchmarks: the in-memory mTLS handshake with mtlsd's own TLS configs, and policy evaluation.
+//!
+//! The in-memory handshake is the floor the daemon's per-handshake CPU is
+//! compared with: same provider, same certificates, same verifiers, no sockets.
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mtlsd::ca::{Authority, LeafSpec};
+use mtlsd::identity::{SpiffeId, Svid, load_bundle};
+use mtlsd::policy::{Peer, Policy};
+use mtlsd::tls::TlsIdentity;
+use mtlsd_crypto::{Backend, KeyRef, software::Software};
+use rustls::{ClientConnection, ServerConnection};
+use rustls_pki_types::ServerName;
+
+fn identity(ca: &Authority, dir: &std::path::Path, id: &str, backend: &Software) -> TlsIdentity {
+    let spec = LeafSpec::new(id.parse().unwrap(), Duration::from_secs(3600));
+    let (cert, key) = (
+        dir.join(format!("{}.pem", spec.id.path().replace('/', "_"))),
+        dir.join(format!("{}.key", spec.id.path().replace('/', "_"))),
+    );
+    ca.issue(&spec).unwrap().write(&cert, &key).unwrap();
+    TlsIdentity {
+        svid: Svid::load(&cert, &KeyRef::File(key), backend).unwrap(),
+        bundle: load_bundle(&ca.bundle_path()).unwrap(),
+        trust_domain: ca.trust_domain().to_owned(),
+        provider: backend.provider().clone(),
+    }
+}
+
+/// Runs one full handshake between in-memory client and server connections.
+fn handshake(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) {
+    let mut c =
+        ClientConnection::new(client.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut s = ServerConnection::new(server.clone()).unwrap();
+    let mut buf = Vec::with_capacity(8192);
+    while c.is_handshaking() || s.is_handshaking() {
+        buf.clear();
+        while c.wants_write() {
+            c.write_tls(&mut buf).unwrap();
+        }
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        buf.clear();
+        while s.wants_write() {
+            s.write_tls(&mut buf).unwrap();
+        }
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+    black_box((c, s));
+}
+
+fn benches(c: &mut Criterion) {
+    let dir = tempfile_dir();
+    let year = Duration::from_secs(365 * 86_400);
+    let ca = Authority::init(&dir.join("ca"), "bench.example", year, year).unwrap();
+    let backend = Software::new();
+    let server_id = identity(&ca, &dir, "spiffe://bench.example/server", &backend);
+    let client_id = identity(&ca, &dir, "spiffe://bench.example/client", &backend);
+    let server = server_id.server_config().unwrap();
+    let client = client_id.client_config(&server_id.svid.id).unwrap();
+
+    c.bench_function(
+        "full mTLS handshake, in memory (X25519MLKEM768, P-256)",
+        |b| b.iter(|| handshake(&server, &client)),
+    );
+
+    let mut provider = (*client_id.provider).clone();
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let classic = TlsIdentity {
+        provider: Arc::new(provider),
+        ..client_id.clone()
+    }
+    .client_config(&server_id.svid.id)
+    .unwrap();
+    c.bench_function("full mTLS handshake, in memory (X25519, P-256)", |b| {
+        b.iter(|| handshake(&server, &classic))
+    });
+
+    let policy = Policy {
+        allow: (0..50)
+            .map(|i| {
+                format!("spiffe://bench.example/ns/app{i}/*")
+                    .parse()
+                    .unwrap()
+            })
+            .chain(["spiffe://bench.example/ns/web/sa/frontend".parse().unwrap()])
+            .collect(),
+        deny: vec!["spiffe://bench.example/ns/quarantine/*".parse().unwrap()],
+    };
+    let peer: SpiffeId = "spiffe://bench.example/ns/web/sa/frontend".parse().unwrap();
+    c.bench_function("policy: 52 rules, last one matches", |b| {
+        b.iter(|| black_box(policy.authorize(Peer::Spiffe(black_box(&peer)))))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mtlsd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+criterion_group! {
+    name = handshake_benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5));
+    targets = benches
+}
+criterion_main!(handshake_benches);

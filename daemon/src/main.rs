@@ -106,11 +106,11 @@ struct CaDir {
     dir: PathBuf,
 }
 
+// Logging may fail to start; that one message goes to stderr directly.
+#[allow(clippy::print_stderr)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, &cli.log) {
-        // Logging is not up, so this one message goes to stderr directly.
-        #[allow(clippy::print_stderr)]
         eprintln!("mtlsd: {e:#}");
         return ExitCode::from(2);
     }

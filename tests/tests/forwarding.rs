@@ -1,0 +1,261 @@
+//! The data path: half-close, bulk integrity, outbound→inbound, Unix sockets, PROXY v2, permissive mode.
+
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::digest::{Context, SHA256};
+use mtlsd_e2e::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TD: &str = "example.org";
+
+fn inbound(name: &str, forward: &str, extra: &str) -> String {
+    format!(
+        "\n[[inbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\nallow = [\"spiffe://{TD}\"]\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn half_close_still_delivers_the_whole_response() {
+    // The upstream answers only after it has seen the end of the request.
+    let upstream = upstream(|mut s| async move {
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).await.unwrap();
+        s.write_all(format!("got {} bytes", request.len()).as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+    })
+    .await;
+    let pki = Pki::new(TD);
+    let daemon = Daemon::start(
+        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
+            + &inbound("web", &upstream.addr.to_string(), "")),
+    );
+    let client = client_config(
+        &pki.bundle(),
+        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
+    );
+
+    let mut tls = tls_connect(daemon.addr("web"), client).await.unwrap();
+    tls.write_all(&[7u8; 5000]).await.unwrap();
+    tls.shutdown().await.unwrap(); // close_notify + FIN: our write side only
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    assert_eq!(response, "got 5000 bytes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_transfer_arrives_intact_both_ways() {
+    const TOTAL: usize = 128 * 1024 * 1024;
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let daemon = Daemon::start(
+        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
+            + &inbound("web", &upstream.addr.to_string(), "")),
+    );
+    let client = client_config(
+        &pki.bundle(),
+        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
+    );
+    let tls = tls_connect(daemon.addr("web"), client).await.unwrap();
+    let (mut rx, mut tx) = tokio::io::split(tls);
+
+    let writer = tokio::spawn(async move {
+        // Deterministic but non-repeating bytes, so a dropped or reordered chunk changes the hash.
+        let mut sent = Context::new(&SHA256);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..TOTAL / chunk.len() {
+            for b in chunk.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            sent.update(&chunk);
+            tx.write_all(&chunk).await.unwrap();
+        }
+        tx.shutdown().await.unwrap();
+        sent.finish()
+    });
+    let mut received = Context::new(&SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = rx.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        received.update(&buf[..n]);
+        total += n;
+    }
+    let sent = writer.await.unwrap();
+    assert_eq!(total, TOTAL);
+    assert_eq!(sent.as_ref(), received.finish().as_ref());
+    let closed = daemon.wait_for_log("closed", |l| l["message"] == "connection closed");
+    assert_eq!(closed["bytes_from_peer"], TOTAL as u64);
+    assert_eq!(closed["bytes_to_peer"], TOTAL as u64);
+    assert_eq!(closed["reason"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_to_inbound_round_trip_checks_the_server_id() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    // Daemon A serves web; daemon B's outbound listeners dial it.
+    let a = Daemon::start(
+        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
+            + &inbound("web", &upstream.addr.to_string(), "")),
+    );
+    let web = a.addr("web");
+    let b = Daemon::start(&format!(
+        "{}\n[[outbound]]\nname = \"to-web\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{web}\"\nserver_id = \"spiffe://{TD}/web\"\n\
+         \n[[outbound]]\nname = \"to-api\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{web}\"\nserver_id = \"spiffe://{TD}/api\"\n",
+        identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/frontend")))
+    ));
+
+    let mut plain = TcpStream::connect(b.addr("to-web")).await.unwrap();
+    assert_eq!(
+        echo_round_trip(&mut plain, b"via two daemons")
+            .await
+            .unwrap(),
+        b"via two daemons"
+    );
+    drop(plain);
+    let closed = a.wait_for_log("inbound close", |l| l["message"] == "connection closed");
+    assert_eq!(closed["peer_id"], format!("spiffe://{TD}/frontend"));
+
+    // The server is web, not api: B refuses and the local client sees the connection close.
+    let mut wrong = TcpStream::connect(b.addr("to-api")).await.unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        tokio::time::timeout(WAIT, wrong.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+    let refusal = b.refused("unexpected_server_id");
+    assert!(
+        refusal["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("spiffe://{TD}/web")),
+        "{refusal}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_socket_upstream_gets_a_proxy_v2_header_with_the_spiffe_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("svc.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let headers: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = headers.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = vec![0u8; 16];
+            s.read_exact(&mut head).await.unwrap();
+            let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+            head.resize(16 + len, 0);
+            s.read_exact(&mut head[16..]).await.unwrap();
+            seen.lock().unwrap().push(head);
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await.unwrap();
+        }
+    });
+    let pki = Pki::new(TD);
+    let daemon = Daemon::start(
+        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
+            + &inbound(
+                "web",
+                &format!("unix:{}", socket.display()),
+                "proxy_protocol = true",
+            )),
+    );
+    let client = client_config(
+        &pki.bundle(),
+        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
+    );
+    let mut tls = tls_connect(daemon.addr("web"), client).await.unwrap();
+    let src = tls.get_ref().0.local_addr().unwrap();
+    // The echo proves the payload follows the header untouched.
+    assert_eq!(
+        echo_round_trip(&mut tls, b"payload").await.unwrap(),
+        b"payload"
+    );
+
+    let raw = headers.lock().unwrap()[0].clone();
+    let header = ppp::v2::Header::try_from(raw.as_slice()).expect("a valid PROXY v2 header");
+    assert_eq!(header.command, ppp::v2::Command::Proxy);
+    match header.addresses {
+        ppp::v2::Addresses::IPv4(a) => {
+            assert_eq!(
+                std::net::SocketAddr::from((a.source_address, a.source_port)),
+                src
+            );
+            assert_eq!(a.destination_port, daemon.addr("web").port());
+        }
+        other => panic!("expected IPv4 addresses, got {other:?}"),
+    }
+    let tlvs: Vec<_> = header.tlvs().map(Result::unwrap).collect();
+    let spiffe = tlvs.iter().find(|t| t.kind == 0xE0).expect("SPIFFE ID TLV");
+    assert_eq!(
+        spiffe.value.as_ref(),
+        format!("spiffe://{TD}/frontend").as_bytes()
+    );
+    assert!(tlvs.iter().any(|t| t.kind == 0x20), "PP2_TYPE_SSL TLV");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permissive_mode_forwards_plaintext_only_when_policy_admits_unauthenticated() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let fwd = upstream.addr.to_string();
+    let daemon = Daemon::start(&format!(
+        "{}\n[[inbound]]\nname = \"open\"\nlisten = \"127.0.0.1:0\"\nforward = \"{fwd}\"\nmode = \"permissive\"\nallow = [\"spiffe://{TD}\", \"unauthenticated\"]\n\
+         \n[[inbound]]\nname = \"ids-only\"\nlisten = \"127.0.0.1:0\"\nforward = \"{fwd}\"\nmode = \"permissive\"\nallow = [\"spiffe://{TD}\"]\n\
+         \n[[inbound]]\nname = \"strict\"\nlisten = \"127.0.0.1:0\"\nforward = \"{fwd}\"\nallow = [\"spiffe://{TD}\"]\n",
+        identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
+    ));
+
+    // Plaintext through a listener that admits unauthenticated peers, marked so in the log.
+    let mut plain = TcpStream::connect(daemon.addr("open")).await.unwrap();
+    assert_eq!(
+        echo_round_trip(&mut plain, b"plain hello").await.unwrap(),
+        b"plain hello"
+    );
+    drop(plain);
+    let closed = daemon.wait_for_log("plaintext close", |l| l["message"] == "connection closed");
+    assert_eq!(closed["peer_id"], "unauthenticated");
+    // mTLS still works on the same permissive port.
+    let client = client_config(
+        &pki.bundle(),
+        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
+    );
+    let mut tls = tls_connect(daemon.addr("open"), client).await.unwrap();
+    assert_eq!(
+        echo_round_trip(&mut tls, b"tls hello").await.unwrap(),
+        b"tls hello"
+    );
+    assert_eq!(upstream.connections(), 2);
+
+    // Where the policy needs an identity, plaintext is refused before the upstream sees it.
+    for (listener, reason) in [("ids-only", "not_allowed"), ("strict", "bad_client_hello")] {
+        let mut plain = TcpStream::connect(daemon.addr(listener)).await.unwrap();
+        plain.write_all(b"plain hello").await.unwrap();
+        // The strict listener may answer with a TLS alert record; it must never echo.
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer))
+            .await
+            .expect("connection closed");
+        assert!(
+            !answer.windows(5).any(|w| w == b"plain"),
+            "{listener} forwarded plaintext"
+        );
+        let refusal = daemon.refused(reason);
+        assert_eq!(refusal["listener"], listener);
+    }
+    assert_eq!(upstream.connections(), 2);
+}

@@ -1,0 +1,225 @@
+//! Inbound authentication and authorization with real clients: rustls, curl and openssl s_client.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mtlsd::ca::LeafSpec;
+use mtlsd_e2e::*;
+use time::OffsetDateTime;
+
+const TD: &str = "example.org";
+
+fn config(pki: &Pki, server: &CertFiles, forward: std::net::SocketAddr) -> String {
+    format!(
+        "{}\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n\
+         allow = [\"spiffe://{TD}/frontend\", \"spiffe://{TD}/batch/*\"]\n\
+         deny = [\"spiffe://{TD}/batch/untrusted\"]\n",
+        identity_toml(pki, server)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_peer_reaches_the_upstream() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let daemon = Daemon::start(&config(
+        &pki,
+        &pki.issue(&format!("spiffe://{TD}/web")),
+        upstream.addr,
+    ));
+    let client = pki.issue(&format!("spiffe://{TD}/batch/job-1"));
+
+    let mut tls = tls_connect(
+        daemon.addr("web"),
+        client_config(&pki.bundle(), Some(&client)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        echo_round_trip(&mut tls, b"hello through mtlsd")
+            .await
+            .unwrap(),
+        b"hello through mtlsd"
+    );
+    drop(tls);
+
+    let closed = daemon.wait_for_log("connection closed", |l| l["message"] == "connection closed");
+    assert_eq!(closed["peer_id"], format!("spiffe://{TD}/batch/job-1"));
+    assert_eq!(closed["rule"], format!("spiffe://{TD}/batch/*"));
+    assert_eq!(closed["bytes_from_peer"], 19);
+    assert_eq!(closed["bytes_to_peer"], 19);
+    assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_and_openssl_s_client_are_served() {
+    let pki = Pki::new(TD);
+    let upstream = http_upstream("hello from upstream\n").await;
+    let daemon = Daemon::start(&config(
+        &pki,
+        &pki.issue(&format!("spiffe://{TD}/web")),
+        upstream.addr,
+    ));
+    let client = pki.issue(&format!("spiffe://{TD}/frontend"));
+    let addr = daemon.addr("web");
+
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(pki.bundle())
+        .arg("--cert")
+        .arg(&client.cert)
+        .arg("--key")
+        .arg(&client.key)
+        .arg(format!("https://localhost:{}/", addr.port()))
+        .output()
+        .unwrap();
+    assert!(
+        curl.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "hello from upstream\n"
+    );
+
+    for version in ["-tls1_3", "-tls1_2"] {
+        let mut s_client = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                version,
+                "-connect",
+                &addr.to_string(),
+                "-CAfile",
+            ])
+            .arg(pki.bundle())
+            .arg("-cert")
+            .arg(&client.cert)
+            // s_client sends only the leaf from -cert; the intermediate comes from -cert_chain.
+            .arg("-cert_chain")
+            .arg(&client.cert)
+            .arg("-key")
+            .arg(&client.key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = s_client.stdin.take().unwrap();
+            // -quiet ignores EOF on stdin, so s_client reads until the server closes.
+            stdin.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        }
+        let out = s_client.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.ends_with("hello from upstream\n"),
+            "openssl {version}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(upstream.connections(), 3);
+}
+
+/// Each way a peer can fail to be who the policy wants, with the reason the daemon logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthorized_peers_are_refused_with_distinct_reasons_and_never_reach_the_upstream() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let daemon = Daemon::start(&config(
+        &pki,
+        &pki.issue(&format!("spiffe://{TD}/web")),
+        upstream.addr,
+    ));
+    let addr = daemon.addr("web");
+    let bundle = pki.bundle();
+
+    let other_domain = Pki::new("other.org");
+    let now = OffsetDateTime::now_utc();
+    let mut expired = LeafSpec::new(
+        format!("spiffe://{TD}/frontend").parse().unwrap(),
+        Duration::from_secs(60),
+    );
+    expired.not_before = now - Duration::from_secs(7200);
+    expired.not_after = now - Duration::from_secs(3600);
+    let expired = pki.write("expired", &pki.ca.issue(&expired).unwrap());
+    let no_uri = {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["frontend.example.org".to_owned()]).unwrap();
+        params.not_after = now + Duration::from_secs(3600);
+        pki.write("no-uri", &pki.ca.sign(params).unwrap())
+    };
+    let two_uris = {
+        let mut params = rcgen::CertificateParams::default();
+        for id in [
+            "spiffe://example.org/frontend",
+            "spiffe://example.org/other",
+        ] {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(id.try_into().unwrap()));
+        }
+        params.not_after = now + Duration::from_secs(3600);
+        pki.write("two-uris", &pki.ca.sign(params).unwrap())
+    };
+    let foreign_id = {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://other.org/frontend".try_into().unwrap(),
+        ));
+        params.not_after = now + Duration::from_secs(3600);
+        pki.write("foreign-id", &pki.ca.sign(params).unwrap())
+    };
+
+    let cases: Vec<(&str, Option<CertFiles>, &str)> = vec![
+        (
+            "ID not on the allow list",
+            Some(pki.issue(&format!("spiffe://{TD}/stranger"))),
+            "not_allowed",
+        ),
+        (
+            "ID on the deny list",
+            Some(pki.issue(&format!("spiffe://{TD}/batch/untrusted"))),
+            "denied",
+        ),
+        (
+            "another trust domain's CA",
+            Some(other_domain.issue("spiffe://other.org/frontend")),
+            "unknown_issuer",
+        ),
+        (
+            "our CA, another trust domain's ID",
+            Some(foreign_id),
+            "foreign_trust_domain",
+        ),
+        ("expired certificate", Some(expired), "cert_expired"),
+        ("no client certificate", None, "no_client_cert"),
+        (
+            "certificate without a SPIFFE URI",
+            Some(no_uri),
+            "no_spiffe_id",
+        ),
+        ("certificate with two URIs", Some(two_uris), "no_spiffe_id"),
+    ];
+    for (i, (what, cert, reason)) in cases.iter().enumerate() {
+        let config = client_config(&bundle, cert.as_ref());
+        if let Ok(stream) = tls_connect(addr, config).await {
+            assert!(
+                refused_on_read(stream).await,
+                "{what}: got application data"
+            );
+        }
+        let refusals = daemon.wait_for_logs(what, i + 1, |l| l["message"] == "connection refused");
+        assert_eq!(refusals[i]["reason"], *reason, "{what}: {}", refusals[i]);
+    }
+    // Policy refusals name the peer they refused.
+    let denied = daemon.refused("denied");
+    assert_eq!(denied["peer_id"], format!("spiffe://{TD}/batch/untrusted"));
+    assert_eq!(
+        upstream.connections(),
+        0,
+        "a refused peer reached the upstream"
+    );
+}
