@@ -12,7 +12,7 @@ use mtlsd::demo;
 use mtlsd::identity::SpiffeId;
 use mtlsd::runtime::{Daemon, backend_for, load_identity};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -160,6 +160,8 @@ async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> 
     // Signal handlers first, so a SIGTERM during start-up is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SIGHUP's default action kills the process; until reload exists it must not.
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let (config, demo_files) = match config {
         Some(path) => (Config::load(&path)?, None),
@@ -183,9 +185,12 @@ async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> 
         demo::log_instructions(files);
     }
 
-    let signal = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let signal = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => warn!("SIGHUP received: reload is not implemented yet; restart to apply changes"),
+        }
     };
     info!(signal, "shutting down");
     daemon.shutdown().await;

@@ -30,18 +30,14 @@ pub fn mtlsd_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("MTLSD_BIN") {
         return bin.into();
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("mtlsd");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p mtlsd` first",
-        bin.display()
-    );
-    bin
+    // Test executables live in target/<profile>/deps, other binaries in target/<profile>.
+    let exe = std::env::current_exe().expect("executable path");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("mtlsd"))
+        .find(|bin| bin.exists())
+        .unwrap_or_else(|| panic!("no mtlsd binary near {}: run `cargo build -p mtlsd` first", exe.display()))
 }
 
 /// A key and certificate chain on disk.
@@ -366,6 +362,8 @@ pub async fn tls_connect(
     config: Arc<ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
+    // Without this, a small write right after the handshake waits out a delayed ACK (~40 ms).
+    tcp.set_nodelay(true)?;
     TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
