@@ -37,7 +37,12 @@ pub fn mtlsd_bin() -> PathBuf {
         .take(2)
         .map(|dir| dir.join("mtlsd"))
         .find(|bin| bin.exists())
-        .unwrap_or_else(|| panic!("no mtlsd binary near {}: run `cargo build -p mtlsd` first", exe.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no mtlsd binary near {}: run `cargo build -p mtlsd` first",
+                exe.display()
+            )
+        })
 }
 
 /// A key and certificate chain on disk.
