@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mtlsd_e2e::{Daemon, Pki, client_config, identity_toml, tls_connect, upstream};
+use mtlsd_e2e::{Pki, tls_connect, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
@@ -75,13 +75,8 @@ async fn main() {
         let _ = s.write_all(&total.to_be_bytes()).await;
     })
     .await;
-    let daemon = Daemon::start(&format!(
-        "{}\n[[inbound]]\nname = \"hs\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://bench.example\"]\n\
-         \n[[inbound]]\nname = \"bulk\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://bench.example\"]\n",
-        identity_toml(&pki, &pki.issue("spiffe://bench.example/server")),
-        echo.addr,
-        sink.addr
-    ));
+    let daemon =
+        pki.start_daemon(&(pki.inbound("hs", echo.addr, "") + &pki.inbound("bulk", sink.addr, "")));
     if let Some(cpu) = &args.daemon_cpu {
         let pinned = Command::new("taskset")
             .args(["-a", "-pc", cpu, &daemon.pid().to_string()])
@@ -91,10 +86,7 @@ async fn main() {
             "taskset failed: run without --daemon-cpu or install util-linux"
         );
     }
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue("spiffe://bench.example/client")),
-    );
+    let client = pki.client("/client");
 
     // Handshakes: connect, full mTLS handshake, one byte through the upstream and back.
     let hs_addr = daemon.addr("hs");

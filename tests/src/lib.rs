@@ -83,6 +83,30 @@ impl Pki {
         self.write(&id.replace(['/', ':'], "_"), &self.ca.issue(&spec).unwrap())
     }
 
+    /// `spiffe://<trust domain><path>`.
+    pub fn id(&self, path: &str) -> String {
+        format!("spiffe://{}{path}", self.ca.trust_domain())
+    }
+
+    /// A rustls client presenting a fresh SVID for `path` in this trust domain.
+    pub fn client(&self, path: &str) -> Arc<ClientConfig> {
+        client_config(&self.bundle(), Some(&self.issue(&self.id(path))))
+    }
+
+    /// An `[[inbound]]` table admitting the whole trust domain; `extra` adds keys to it.
+    pub fn inbound(&self, name: &str, forward: impl std::fmt::Display, extra: &str) -> String {
+        format!(
+            "\n[[inbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n\
+             allow = [\"spiffe://{}\"]\n{extra}\n",
+            self.ca.trust_domain()
+        )
+    }
+
+    /// Starts a daemon whose identity is `<trust domain>/web`, serving the TOML `listeners`.
+    pub fn start_daemon(&self, listeners: &str) -> Daemon {
+        Daemon::start(&(identity_toml(self, &self.issue(&self.id("/web"))) + listeners))
+    }
+
     /// Writes an issued SVID under `name` in the PKI directory.
     pub fn write(&self, name: &str, issued: &IssuedSvid) -> CertFiles {
         let files = CertFiles {
@@ -239,26 +263,18 @@ impl Daemon {
         assert!(status.success());
     }
 
-    /// Waits (bounded) for the process to exit.
+    /// Waits (bounded by [`WAIT`]) for the process to exit; its stderr closing is the signal.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "mtlsd did not exit");
-            // Exit is reported by the log reader closing stderr; wait on that instead of polling blind.
-            let (lock, cvar) = &*self.logs;
-            let state = lock.lock().unwrap();
-            if !state.closed {
-                let _ = cvar
-                    .wait_timeout(state, Duration::from_millis(100))
-                    .unwrap();
-            } else {
-                drop(state);
-                return self.child.wait().unwrap();
-            }
+        let (lock, cvar) = &*self.logs;
+        let mut state = lock.lock().unwrap();
+        while !state.closed {
+            let now = Instant::now();
+            assert!(now < deadline, "mtlsd did not exit");
+            state = cvar.wait_timeout(state, deadline - now).unwrap().0;
         }
+        drop(state);
+        self.child.wait().unwrap()
     }
 }
 

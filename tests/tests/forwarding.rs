@@ -9,12 +9,6 @@ use tokio::net::TcpStream;
 
 const TD: &str = "example.org";
 
-fn inbound(name: &str, forward: &str, extra: &str) -> String {
-    format!(
-        "\n[[inbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\nallow = [\"spiffe://{TD}\"]\n{extra}\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn half_close_still_delivers_the_whole_response() {
     // The upstream answers only after it has seen the end of the request.
@@ -28,14 +22,8 @@ async fn half_close_still_delivers_the_whole_response() {
     })
     .await;
     let pki = Pki::new(TD);
-    let daemon = Daemon::start(
-        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
-            + &inbound("web", &upstream.addr.to_string(), "")),
-    );
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let client = pki.client("/frontend");
 
     let mut tls = tls_connect(daemon.addr("web"), client).await.unwrap();
     tls.write_all(&[7u8; 5000]).await.unwrap();
@@ -50,14 +38,8 @@ async fn a_large_transfer_arrives_intact_both_ways() {
     const TOTAL: usize = 128 * 1024 * 1024;
     let pki = Pki::new(TD);
     let upstream = echo_upstream().await;
-    let daemon = Daemon::start(
-        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
-            + &inbound("web", &upstream.addr.to_string(), "")),
-    );
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let client = pki.client("/frontend");
     let tls = tls_connect(daemon.addr("web"), client).await.unwrap();
     let (mut rx, mut tx) = tokio::io::split(tls);
 
@@ -104,10 +86,7 @@ async fn outbound_to_inbound_round_trip_checks_the_server_id() {
     let pki = Pki::new(TD);
     let upstream = echo_upstream().await;
     // Daemon A serves web; daemon B's outbound listeners dial it.
-    let a = Daemon::start(
-        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
-            + &inbound("web", &upstream.addr.to_string(), "")),
-    );
+    let a = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
     let web = a.addr("web");
     let b = Daemon::start(&format!(
         "{}\n[[outbound]]\nname = \"to-web\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{web}\"\nserver_id = \"spiffe://{TD}/web\"\n\
@@ -166,18 +145,12 @@ async fn unix_socket_upstream_gets_a_proxy_v2_header_with_the_spiffe_id() {
         }
     });
     let pki = Pki::new(TD);
-    let daemon = Daemon::start(
-        &(identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")))
-            + &inbound(
-                "web",
-                &format!("unix:{}", socket.display()),
-                "proxy_protocol = true",
-            )),
-    );
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let daemon = pki.start_daemon(&pki.inbound(
+        "web",
+        format!("unix:{}", socket.display()),
+        "proxy_protocol = true",
+    ));
+    let client = pki.client("/frontend");
     let mut tls = tls_connect(daemon.addr("web"), client).await.unwrap();
     let src = tls.get_ref().0.local_addr().unwrap();
     // The echo proves the payload follows the header untouched.
@@ -230,10 +203,7 @@ async fn permissive_mode_forwards_plaintext_only_when_policy_admits_unauthentica
     let closed = daemon.wait_for_log("plaintext close", |l| l["message"] == "connection closed");
     assert_eq!(closed["peer_id"], "unauthenticated");
     // mTLS still works on the same permissive port.
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let client = pki.client("/frontend");
     let mut tls = tls_connect(daemon.addr("open"), client).await.unwrap();
     assert_eq!(
         echo_round_trip(&mut tls, b"tls hello").await.unwrap(),

@@ -12,16 +12,12 @@ const TD: &str = "example.org";
 async fn sigterm_drains_an_in_flight_transfer_then_exits_zero() {
     let pki = Pki::new(TD);
     let upstream = echo_upstream().await;
-    let mut daemon = Daemon::start(&format!(
-        "{}\n[shutdown]\ngrace = \"20s\"\n\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n",
-        identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web"))),
-        upstream.addr
+    let mut daemon = pki.start_daemon(&format!(
+        "\n[shutdown]\ngrace = \"20s\"\n{}",
+        pki.inbound("web", upstream.addr, "")
     ));
     let addr = daemon.addr("web");
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let client = pki.client("/frontend");
     let mut tls = tls_connect(addr, client).await.unwrap();
     assert_eq!(
         echo_round_trip(&mut tls, b"first half").await.unwrap(),
@@ -60,15 +56,11 @@ async fn sigterm_drains_an_in_flight_transfer_then_exits_zero() {
 async fn connections_still_open_after_the_grace_period_are_closed() {
     let pki = Pki::new(TD);
     let upstream = echo_upstream().await;
-    let mut daemon = Daemon::start(&format!(
-        "{}\n[shutdown]\ngrace = \"1s\"\n\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n",
-        identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web"))),
-        upstream.addr
+    let mut daemon = pki.start_daemon(&format!(
+        "\n[shutdown]\ngrace = \"1s\"\n{}",
+        pki.inbound("web", upstream.addr, "")
     ));
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let client = pki.client("/frontend");
     let mut tls = tls_connect(daemon.addr("web"), client).await.unwrap();
     assert_eq!(echo_round_trip(&mut tls, b"x").await.unwrap(), b"x");
     daemon.terminate();

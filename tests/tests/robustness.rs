@@ -17,16 +17,9 @@ async fn dead_upstream_is_refused_and_other_listeners_keep_serving() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let identity = identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")));
-    let daemon = Daemon::start(&format!(
-        "{identity}\n[[inbound]]\nname = \"dead\"\nlisten = \"127.0.0.1:0\"\nforward = \"{dead}\"\nallow = [\"spiffe://{TD}\"]\n\
-         \n[[inbound]]\nname = \"live\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n",
-        live.addr
-    ));
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let daemon =
+        pki.start_daemon(&(pki.inbound("dead", dead, "") + &pki.inbound("live", live.addr, "")));
+    let client = pki.client("/frontend");
 
     let stream = tls_connect(daemon.addr("dead"), client.clone())
         .await
@@ -48,17 +41,13 @@ async fn dead_upstream_is_refused_and_other_listeners_keep_serving() {
 async fn bad_and_stalled_handshakes_do_not_starve_established_connections() {
     let pki = Pki::new(TD);
     let upstream = echo_upstream().await;
-    let identity = identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")));
-    let daemon = Daemon::start(&format!(
-        "{identity}\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n\
-         limits = {{ handshake_timeout = \"2s\", max_handshakes = 2 }}\n",
-        upstream.addr
+    let daemon = pki.start_daemon(&pki.inbound(
+        "web",
+        upstream.addr,
+        r#"limits = { handshake_timeout = "2s", max_handshakes = 2 }"#,
     ));
     let addr = daemon.addr("web");
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let client = pki.client("/frontend");
     let mut established = tls_connect(addr, client.clone()).await.unwrap();
     assert_eq!(
         echo_round_trip(&mut established, b"before").await.unwrap(),
@@ -120,16 +109,9 @@ async fn bad_and_stalled_handshakes_do_not_starve_established_connections() {
 async fn connections_beyond_max_connections_are_closed_on_accept() {
     let pki = Pki::new(TD);
     let upstream = echo_upstream().await;
-    let identity = identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")));
-    let daemon = Daemon::start(&format!(
-        "{identity}\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n\
-         limits = {{ max_connections = 1 }}\n",
-        upstream.addr
-    ));
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let daemon =
+        pki.start_daemon(&pki.inbound("web", upstream.addr, r#"limits = { max_connections = 1 }"#));
+    let client = pki.client("/frontend");
     let mut first = tls_connect(daemon.addr("web"), client.clone())
         .await
         .unwrap();
@@ -161,16 +143,9 @@ async fn connections_beyond_max_connections_are_closed_on_accept() {
 async fn idle_connections_are_closed() {
     let pki = Pki::new(TD);
     let upstream = echo_upstream().await;
-    let identity = identity_toml(&pki, &pki.issue(&format!("spiffe://{TD}/web")));
-    let daemon = Daemon::start(&format!(
-        "{identity}\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n\
-         limits = {{ idle_timeout = \"1s\" }}\n",
-        upstream.addr
-    ));
-    let client = client_config(
-        &pki.bundle(),
-        Some(&pki.issue(&format!("spiffe://{TD}/frontend"))),
-    );
+    let daemon =
+        pki.start_daemon(&pki.inbound("web", upstream.addr, r#"limits = { idle_timeout = "1s" }"#));
+    let client = pki.client("/frontend");
     let mut tls = tls_connect(daemon.addr("web"), client).await.unwrap();
     assert_eq!(echo_round_trip(&mut tls, b"hi").await.unwrap(), b"hi");
     let mut buf = [0u8; 1];
