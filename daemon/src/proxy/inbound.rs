@@ -15,13 +15,13 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
 
 use super::forward::{Forwarded, splice};
-use super::{Drain, Refusal, RefuseReason, accept_loop, proxy_protocol};
+use super::{Closed, Drain, Outcome, Refusal, RefuseReason, accept_loop, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
 use crate::identity::{SpiffeId, spiffe_id_of};
-use crate::policy::{Decision, Peer};
+use crate::policy::{Decision, Peer, UNAUTHENTICATED};
 use crate::tls::TlsIdentity;
 
 /// First byte of a TLS handshake record.
@@ -75,20 +75,11 @@ impl Inbound {
     /// Accepts connections until `drain` says stop; each connection runs in `drain`'s tracker.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
         let name = self.config.name.clone();
-        accept_loop(
-            &name,
-            listener,
-            &self.connections,
-            &drain,
-            |stream, src, permit| {
-                let this = self.clone();
-                let hard_stop = drain.hard_stop.clone();
-                async move {
-                    this.handle(stream, src, &hard_stop).await;
-                    drop(permit);
-                }
-            },
-        )
+        accept_loop(&name, listener, &self.connections, &drain, |stream, src| {
+            let this = self.clone();
+            let hard_stop = drain.hard_stop.clone();
+            async move { this.handle(stream, src, &hard_stop).await }
+        })
         .await;
     }
 
@@ -96,55 +87,42 @@ impl Inbound {
         &self,
         stream: TcpStream,
         src: SocketAddr,
-        hard_stop: &tokio_util::sync::CancellationToken,
-    ) {
+        hard_stop: &CancellationToken,
+    ) -> Outcome {
         let started = Instant::now();
         let local = stream.local_addr().unwrap_or(self.config.listen);
         let _ = stream.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
-        let admitted = match timeout_at(deadline, self.admit(stream)).await {
-            Ok(Ok(admitted)) => admitted,
-            Ok(Err(refusal)) => return refusal.log(&self.config.name, src),
-            Err(_) => {
-                return Refusal::new(
+        let admitted = timeout_at(deadline, self.admit(stream))
+            .await
+            .map_err(|_| {
+                Refusal::new(
                     RefuseReason::HandshakeTimeout,
                     "no authorized peer within handshake_timeout",
                 )
-                .log(&self.config.name, src);
-            }
-        };
+            })??;
         let (peer_id, rule) = match &admitted {
             Admitted::Tls { id, rule, .. } => (id.as_str().to_owned(), rule.clone()),
-            Admitted::Plaintext { rule, .. } => {
-                (crate::policy::UNAUTHENTICATED.to_owned(), rule.clone())
-            }
+            Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone()),
         };
-
         let forwarded = match self.connect_upstream().await {
             Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, hard_stop).await,
             Ok(UpstreamStream::Unix(up)) => self.forward(admitted, up, src, local, hard_stop).await,
             Err(e) => {
-                return Refusal::new(
+                return Err(Refusal::new(
                     RefuseReason::UpstreamUnavailable,
                     format!("{}: {e}", self.config.forward),
                 )
-                .with_peer(&peer_id)
-                .log(&self.config.name, src);
+                .with_peer(&peer_id));
             }
         };
-        info!(
-            listener = %self.config.name,
-            src = %src,
-            peer_id = %peer_id,
-            rule = %rule,
-            upstream = %self.config.forward,
-            bytes_from_peer = forwarded.from_peer,
-            bytes_to_peer = forwarded.to_peer,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = forwarded.reason.as_str(),
-            error = forwarded.error.as_ref().map(tracing::field::display),
-            "connection closed"
-        );
+        Ok(Closed {
+            peer_id,
+            rule: Some(rule),
+            upstream: self.config.forward.to_string(),
+            forwarded,
+            duration: started.elapsed(),
+        })
     }
 
     /// Handshake and policy: returns an authorized peer or the reason it was refused.
@@ -221,7 +199,7 @@ impl Inbound {
         mut upstream: U,
         src: SocketAddr,
         local: SocketAddr,
-        hard_stop: &tokio_util::sync::CancellationToken,
+        hard_stop: &CancellationToken,
     ) -> Forwarded
     where
         U: AsyncRead + AsyncWrite + Unpin,

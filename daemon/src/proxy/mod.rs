@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use rustls::{CertificateError, Error as TlsError};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
+use self::forward::Forwarded;
 use crate::identity::SvidError;
 
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -164,6 +165,44 @@ impl Refusal {
     }
 }
 
+/// A connection that was forwarded and has now closed: everything its log line says.
+#[derive(Debug)]
+pub struct Closed {
+    /// The peer's SPIFFE ID (inbound), the server's (outbound) or `unauthenticated`.
+    pub peer_id: String,
+    /// The allow rule that admitted the peer (inbound only).
+    pub rule: Option<String>,
+    /// Where the bytes went.
+    pub upstream: String,
+    /// Byte counts and close reason.
+    pub forwarded: Forwarded,
+    /// Since accept.
+    pub duration: Duration,
+}
+
+/// How a connection ended: forwarded then closed, or refused.
+pub type Outcome = Result<Closed, Refusal>;
+
+/// Emits the single log line that ends every connection.
+fn log_outcome(outcome: &Outcome, listener: &str, src: SocketAddr) {
+    match outcome {
+        Err(refusal) => refusal.log(listener, src),
+        Ok(closed) => info!(
+            listener = %listener,
+            src = %src,
+            peer_id = %closed.peer_id,
+            rule = closed.rule.as_deref(),
+            upstream = %closed.upstream,
+            bytes_from_peer = closed.forwarded.from_peer,
+            bytes_to_peer = closed.forwarded.to_peer,
+            duration_ms = closed.duration.as_millis() as u64,
+            reason = closed.forwarded.reason.as_str(),
+            error = closed.forwarded.error.as_ref().map(tracing::field::display),
+            "connection closed"
+        ),
+    }
+}
+
 /// How listeners learn to stop: stop accepting, then (after the grace period) close everything.
 #[derive(Debug, Clone)]
 pub struct Drain {
@@ -193,15 +232,19 @@ impl Default for Drain {
 }
 
 /// Accepts until told to stop, refusing connections beyond the listener's `max_connections`.
+///
+/// Each connection runs `handle` in its own tracked task. Its connection slot
+/// is released as soon as `handle` returns (its sockets are closed by then),
+/// before the closing log line, so a client that reacts to that line finds the slot free.
 async fn accept_loop<F, Fut>(
     listener_name: &str,
     listener: TcpListener,
     connections: &Arc<Semaphore>,
     drain: &Drain,
-    mut on_connection: F,
+    mut handle: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     loop {
         let accepted = tokio::select! {
@@ -225,6 +268,12 @@ async fn accept_loop<F, Fut>(
             .log(listener_name, src);
             continue;
         };
-        drain.tracker.spawn(on_connection(stream, src, permit));
+        let connection = handle(stream, src);
+        let listener_name = listener_name.to_owned();
+        drain.tracker.spawn(async move {
+            let outcome = connection.await;
+            drop(permit);
+            log_outcome(&outcome, &listener_name, src);
+        });
     }
 }

@@ -3,20 +3,18 @@
 //! accept (loopback) → connect remote → mTLS handshake (server must prove `server_id`) →
 //! splice → "connection closed"
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use super::forward::splice;
-use super::{Drain, Refusal, RefuseReason, accept_loop};
+use super::{Closed, Drain, Outcome, Refusal, RefuseReason, accept_loop};
 use crate::config::OutboundConfig;
 use crate::tls::TlsIdentity;
 
@@ -70,49 +68,35 @@ impl Outbound {
             listener,
             &self.connections,
             &drain,
-            |stream, src, permit| {
+            |stream, _src| {
                 let this = self.clone();
                 let hard_stop = drain.hard_stop.clone();
-                async move {
-                    this.handle(stream, src, &hard_stop).await;
-                    drop(permit);
-                }
+                async move { this.handle(stream, &hard_stop).await }
             },
         )
         .await;
     }
 
-    async fn handle(&self, local: TcpStream, src: SocketAddr, hard_stop: &CancellationToken) {
+    async fn handle(&self, local: TcpStream, hard_stop: &CancellationToken) -> Outcome {
         let started = Instant::now();
         let _ = local.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
-        let remote = match timeout_at(deadline, self.dial()).await {
-            Ok(Ok(remote)) => remote,
-            Ok(Err(refusal)) => return refusal.log(&self.config.name, src),
-            Err(_) => {
-                return Refusal::new(
-                    RefuseReason::HandshakeTimeout,
-                    format!(
-                        "{}: no verified server within handshake_timeout",
-                        self.config.connect
-                    ),
-                )
-                .log(&self.config.name, src);
-            }
-        };
-        let forwarded = splice(local, remote, self.config.limits.idle_timeout, hard_stop).await;
-        info!(
-            listener = %self.config.name,
-            src = %src,
-            peer_id = %self.config.server_id,
-            upstream = %self.config.connect,
-            bytes_from_peer = forwarded.from_peer,
-            bytes_to_peer = forwarded.to_peer,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = forwarded.reason.as_str(),
-            error = forwarded.error.as_ref().map(tracing::field::display),
-            "connection closed"
-        );
+        let remote = timeout_at(deadline, self.dial()).await.map_err(|_| {
+            Refusal::new(
+                RefuseReason::HandshakeTimeout,
+                format!(
+                    "{}: no verified server within handshake_timeout",
+                    self.config.connect
+                ),
+            )
+        })??;
+        Ok(Closed {
+            peer_id: self.config.server_id.to_string(),
+            rule: None,
+            upstream: self.config.connect.clone(),
+            forwarded: splice(local, remote, self.config.limits.idle_timeout, hard_stop).await,
+            duration: started.elapsed(),
+        })
     }
 
     /// Connects to the remote and completes an mTLS handshake with the expected server.
@@ -122,14 +106,19 @@ impl Outbound {
             .acquire()
             .await
             .expect("handshake semaphore is never closed");
-        let tcp = TcpStream::connect(self.config.connect.as_str())
-            .await
-            .map_err(|e| {
-                Refusal::new(
-                    RefuseReason::UpstreamUnavailable,
-                    format!("{}: {e}", self.config.connect),
-                )
-            })?;
+        let unavailable = |detail: String| {
+            Refusal::new(
+                RefuseReason::UpstreamUnavailable,
+                format!("{}: {detail}", self.config.connect),
+            )
+        };
+        let tcp = timeout(
+            self.config.limits.connect_timeout,
+            TcpStream::connect(self.config.connect.as_str()),
+        )
+        .await
+        .map_err(|_| unavailable("connect timed out".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         self.connector
             .connect(self.server_name.clone(), tcp)
