@@ -13,4 +13,5 @@ pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;
+pub mod systemd;
 pub mod tls;

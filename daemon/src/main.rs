@@ -2,15 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::config::{Config, parse_duration};
-use mtlsd::demo;
 use mtlsd::identity::SpiffeId;
 use mtlsd::runtime::{Daemon, backend_for, load_identity};
+use mtlsd::{demo, systemd};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::Targets;
@@ -180,9 +181,26 @@ async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> 
             (config, Some(files))
         }
     };
+    let listeners = config.inbound.len() + config.outbound.len();
     let daemon = Daemon::start(config).await?;
     if let Some(files) = &demo_files {
         demo::log_instructions(files);
+    }
+    let notifier = systemd::Notifier::from_env().map(Arc::new);
+    if let Some(notifier) = &notifier {
+        notifier.ready(&format!("serving {listeners} listeners"));
+        if let Some(every) = systemd::watchdog_interval() {
+            // Pinged from a task on the same runtime: if the event loop wedges, the pings stop
+            // and systemd restarts us.
+            let notifier = notifier.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    notifier.watchdog();
+                }
+            });
+        }
     }
 
     let signal = loop {
@@ -193,6 +211,9 @@ async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> 
         }
     };
     info!(signal, "shutting down");
+    if let Some(notifier) = &notifier {
+        notifier.stopping(&format!("{signal}: draining connections"));
+    }
     daemon.shutdown().await;
     Ok(())
 }

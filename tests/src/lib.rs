@@ -153,9 +153,19 @@ impl Daemon {
 
     /// Starts `mtlsd` with `args` (the config file is kept alive with the process).
     pub fn spawn(args: &[&str], config: tempfile::NamedTempFile) -> Self {
+        Self::spawn_with_env(args, &[], config)
+    }
+
+    /// Like [`Self::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+        config: tempfile::NamedTempFile,
+    ) -> Self {
         let mut child = Command::new(mtlsd_bin())
             .args(["--log-format", "json", "--log", "info"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,108 @@
+//! systemd's side of `Type=notify`: a datagram socket standing where systemd's would.
+
+use mtlsd_e2e::*;
+use tokio::net::UnixDatagram;
+
+async fn next_message(socket: &UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
+        .await
+        .expect("a notification within the wait")
+        .unwrap();
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifies_ready_pings_the_watchdog_and_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+
+    let pki = Pki::new("example.org");
+    let upstream = echo_upstream().await;
+    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        config.path(),
+        identity_toml(&pki, &pki.issue(&pki.id("/web"))) + &pki.inbound("web", upstream.addr, ""),
+    )
+    .unwrap();
+    let config_path = config.path().to_str().unwrap().to_owned();
+    let mut daemon = Daemon::spawn_with_env(
+        &["run", "--config", &config_path],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+        config,
+    );
+
+    // READY comes first, and only once the listener accepts.
+    let ready = next_message(&socket).await;
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving 1 listeners"),
+        "{ready:?}"
+    );
+    let client = pki.client("/frontend");
+    let mut tls = tls_connect(daemon.addr("web"), client).await.unwrap();
+    assert_eq!(echo_round_trip(&mut tls, b"up").await.unwrap(), b"up");
+
+    // The event loop keeps the watchdog fed (every WATCHDOG_USEC / 2).
+    for _ in 0..3 {
+        assert_eq!(next_message(&socket).await, "WATCHDOG=1");
+    }
+
+    drop(tls);
+    daemon.terminate();
+    // Watchdog pings may still interleave; STOPPING must arrive within the wait.
+    let mut stopping = None;
+    for _ in 0..50 {
+        let msg = next_message(&socket).await;
+        if msg.starts_with("STOPPING=1") {
+            stopping = Some(msg);
+            break;
+        }
+        assert_eq!(msg, "WATCHDOG=1");
+    }
+    let stopping = stopping.expect("STOPPING=1 after SIGTERM");
+    assert!(
+        stopping.contains("STATUS=SIGTERM: draining connections"),
+        "{stopping:?}"
+    );
+    assert!(daemon.wait_exit().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abstract_notify_sockets_work_and_a_foreign_watchdog_pid_is_ignored() {
+    let name = format!("mtlsd-test-{}", std::process::id());
+    let socket = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let std_socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        std_socket.set_nonblocking(true).unwrap();
+        UnixDatagram::from_std(std_socket).unwrap()
+    };
+    let pki = Pki::new("example.org");
+    let upstream = echo_upstream().await;
+    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        config.path(),
+        identity_toml(&pki, &pki.issue(&pki.id("/web"))) + &pki.inbound("web", upstream.addr, ""),
+    )
+    .unwrap();
+    let config_path = config.path().to_str().unwrap().to_owned();
+    // WATCHDOG_PID names another process (pid 1): the watchdog is not ours to feed.
+    let mut daemon = Daemon::spawn_with_env(
+        &["run", "--config", &config_path],
+        &[
+            ("NOTIFY_SOCKET", &format!("@{name}")),
+            ("WATCHDOG_USEC", "100000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+        config,
+    );
+    assert!(next_message(&socket).await.starts_with("READY=1\n"));
+    daemon.terminate();
+    // With no watchdog pings, the very next message is STOPPING.
+    assert!(next_message(&socket).await.starts_with("STOPPING=1\n"));
+    assert!(daemon.wait_exit().success());
+}
