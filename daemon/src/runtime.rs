@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mtlsd_crypto::Backend;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{BackendKind, Config, IdentityConfig};
@@ -87,6 +88,8 @@ pub fn load_identity(
 pub struct Daemon {
     drain: Drain,
     bound: Vec<(String, SocketAddr)>,
+    /// Accept loops; joined on shutdown so their sockets are closed before draining starts.
+    accept_loops: Vec<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -124,24 +127,26 @@ impl Daemon {
 
         let drain = Drain::new();
         let mut bound = Vec::new();
+        let mut accept_loops = Vec::new();
         for (l, listener) in inbound {
             let addr = listener.local_addr().unwrap_or(l.config().listen);
             info!(listener = %l.config().name, direction = "inbound", addr = %addr,
                   forward = %l.config().forward, "listening");
             bound.push((l.config().name.clone(), addr));
-            drain.tracker.spawn(l.serve(listener, drain.clone()));
+            accept_loops.push(tokio::spawn(l.serve(listener, drain.clone())));
         }
         for (l, listener) in outbound {
             let addr = listener.local_addr().unwrap_or(l.config().listen);
             info!(listener = %l.config().name, direction = "outbound", addr = %addr,
                   connect = %l.config().connect, server_id = %l.config().server_id, "listening");
             bound.push((l.config().name.clone(), addr));
-            drain.tracker.spawn(l.serve(listener, drain.clone()));
+            accept_loops.push(tokio::spawn(l.serve(listener, drain.clone())));
         }
         info!(identity = %tls.svid.id, backend = backend.name(), "ready");
         Ok(Self {
             drain,
             bound,
+            accept_loops,
             grace: config.shutdown_grace,
         })
     }
@@ -157,9 +162,13 @@ impl Daemon {
     /// Stops accepting, waits up to the grace period for connections to finish, then closes the rest.
     pub async fn shutdown(self) {
         self.drain.stop_accepting.cancel();
+        // Once the accept loops have returned, the listening sockets are closed and
+        // the tracker holds exactly the established connections.
+        for accept_loop in self.accept_loops {
+            let _ = accept_loop.await;
+        }
         self.drain.tracker.close();
-        // Listener tasks end at once; what the tracker still holds after that are connections.
-        let open = self.drain.tracker.len().saturating_sub(self.bound.len());
+        let open = self.drain.tracker.len();
         info!(
             open_connections = open,
             grace_ms = self.grace.as_millis() as u64,

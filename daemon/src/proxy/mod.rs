@@ -210,7 +210,7 @@ pub struct Drain {
     pub stop_accepting: CancellationToken,
     /// Cancelled when established connections must close now.
     pub hard_stop: CancellationToken,
-    /// Tracks every listener and connection task.
+    /// Tracks every connection task.
     pub tracker: TaskTracker,
 }
 
