@@ -118,6 +118,13 @@ impl Pki {
     }
 }
 
+/// Writes `toml` to a temporary `.toml` file that lives as long as the returned handle.
+pub fn write_config(toml: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), toml).unwrap();
+    file
+}
+
 /// Writes the `[identity]` table for `svid`.
 pub fn identity_toml(pki: &Pki, svid: &CertFiles) -> String {
     format!(
@@ -145,8 +152,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `mtlsd run` with `config` and waits until it logs "ready".
     pub fn start(config: &str) -> Self {
-        let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(file.path(), config).unwrap();
+        let file = write_config(config);
         let path = file.path().to_str().unwrap().to_owned();
         Self::spawn(&["run", "--config", &path], file)
     }

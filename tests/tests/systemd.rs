@@ -20,12 +20,10 @@ async fn notifies_ready_pings_the_watchdog_and_says_stopping() {
 
     let pki = Pki::new("example.org");
     let upstream = echo_upstream().await;
-    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(
-        config.path(),
-        identity_toml(&pki, &pki.issue(&pki.id("/web"))) + &pki.inbound("web", upstream.addr, ""),
-    )
-    .unwrap();
+    let config = write_config(
+        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
+            + &pki.inbound("web", upstream.addr, "")),
+    );
     let config_path = config.path().to_str().unwrap().to_owned();
     let mut daemon = Daemon::spawn_with_env(
         &["run", "--config", &config_path],
@@ -83,12 +81,10 @@ async fn abstract_notify_sockets_work_and_a_foreign_watchdog_pid_is_ignored() {
     };
     let pki = Pki::new("example.org");
     let upstream = echo_upstream().await;
-    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(
-        config.path(),
-        identity_toml(&pki, &pki.issue(&pki.id("/web"))) + &pki.inbound("web", upstream.addr, ""),
-    )
-    .unwrap();
+    let config = write_config(
+        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
+            + &pki.inbound("web", upstream.addr, "")),
+    );
     let config_path = config.path().to_str().unwrap().to_owned();
     // WATCHDOG_PID names another process (pid 1): the watchdog is not ours to feed.
     let mut daemon = Daemon::spawn_with_env(
