@@ -12,12 +12,8 @@ async fn next_message(socket: &UnixDatagram) -> String {
     String::from_utf8(buf[..n].to_vec()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn notifies_ready_pings_the_watchdog_and_says_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-
+/// Starts a daemon serving one inbound listener, with `env` telling it where systemd listens.
+async fn start_notified(env: &[(&str, &str)]) -> (Pki, Daemon) {
     let pki = Pki::new("example.org");
     let upstream = echo_upstream().await;
     let config = write_config(
@@ -25,14 +21,21 @@ async fn notifies_ready_pings_the_watchdog_and_says_stopping() {
             + &pki.inbound("web", upstream.addr, "")),
     );
     let config_path = config.path().to_str().unwrap().to_owned();
-    let mut daemon = Daemon::spawn_with_env(
-        &["run", "--config", &config_path],
-        &[
-            ("NOTIFY_SOCKET", path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "200000"),
-        ],
-        config,
-    );
+    let daemon = Daemon::spawn_with_env(&["run", "--config", &config_path], env, config);
+    (pki, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifies_ready_pings_the_watchdog_and_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+
+    let (pki, mut daemon) = start_notified(&[
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "200000"),
+    ])
+    .await;
 
     // READY comes first, and only once the listener accepts.
     let ready = next_message(&socket).await;
@@ -79,23 +82,13 @@ async fn abstract_notify_sockets_work_and_a_foreign_watchdog_pid_is_ignored() {
         std_socket.set_nonblocking(true).unwrap();
         UnixDatagram::from_std(std_socket).unwrap()
     };
-    let pki = Pki::new("example.org");
-    let upstream = echo_upstream().await;
-    let config = write_config(
-        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
-            + &pki.inbound("web", upstream.addr, "")),
-    );
-    let config_path = config.path().to_str().unwrap().to_owned();
     // WATCHDOG_PID names another process (pid 1): the watchdog is not ours to feed.
-    let mut daemon = Daemon::spawn_with_env(
-        &["run", "--config", &config_path],
-        &[
-            ("NOTIFY_SOCKET", &format!("@{name}")),
-            ("WATCHDOG_USEC", "100000"),
-            ("WATCHDOG_PID", "1"),
-        ],
-        config,
-    );
+    let (_pki, mut daemon) = start_notified(&[
+        ("NOTIFY_SOCKET", &format!("@{name}")),
+        ("WATCHDOG_USEC", "100000"),
+        ("WATCHDOG_PID", "1"),
+    ])
+    .await;
     assert!(next_message(&socket).await.starts_with("READY=1\n"));
     daemon.terminate();
     // With no watchdog pings, the very next message is STOPPING.
