@@ -19,8 +19,8 @@ use tracing::{debug, info};
 
 use crate::ca::{Authority, CaError, LeafSpec};
 use crate::config::{
-    BackendKind, Config, CryptoConfig, IdentityConfig, InboundConfig, Limits, Mode, OutboundConfig,
-    Upstream,
+    AdminConfig, BackendKind, Config, CryptoConfig, IdentityConfig, InboundConfig, Limits, Mode,
+    OutboundConfig, Upstream,
 };
 use crate::identity::SpiffeId;
 use crate::policy::{Policy, Principal};
@@ -32,6 +32,8 @@ pub const TRUST_DOMAIN: &str = "mtlsd.demo";
 pub const INBOUND_ADDR: &str = "127.0.0.1:15443";
 /// Where the demo's outbound listener accepts plaintext.
 pub const OUTBOUND_ADDR: &str = "127.0.0.1:15001";
+/// Where the demo's admin endpoint listens.
+pub const ADMIN_ADDR: &str = "127.0.0.1:15900";
 const SVID_TTL: Duration = Duration::from_secs(24 * 3600);
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -123,6 +125,9 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
             limits: Limits::default(),
         }],
         shutdown_grace: Duration::from_secs(5),
+        admin: Some(AdminConfig {
+            listen: ADMIN_ADDR.parse().expect("valid address"),
+        }),
     };
     Ok((config, files))
 }
@@ -143,6 +148,8 @@ pub fn log_instructions(files: &DemoFiles) {
         "    curl --cacert {} https://localhost:15443/",
         files.bundle.display()
     );
+    info!("what the daemon is doing (also /ready, /certs, /config, /logging):");
+    info!("    curl http://{ADMIN_ADDR}/metrics");
 }
 
 /// Starts the demo service on a Unix socket; it answers with the caller's SPIFFE ID.

@@ -6,10 +6,12 @@
 //! [`proxy::outbound`] is the mirror image for local clients. [`runtime`] binds
 //! the listeners from a [`config::Config`] and drains them on shutdown.
 
+pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod demo;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;

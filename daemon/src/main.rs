@@ -7,15 +7,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mtlsd::admin::{Admin, LogControl};
 use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::config::{Config, parse_duration};
 use mtlsd::identity::SpiffeId;
+use mtlsd::metrics::Metrics;
 use mtlsd::runtime::{Daemon, backend_for, load_identity};
 use mtlsd::{demo, systemd};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::{Registry, reload};
 
 #[derive(Parser)]
 #[command(
@@ -111,11 +115,14 @@ struct CaDir {
 #[allow(clippy::print_stderr)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(cli.log_format, &cli.log) {
-        eprintln!("mtlsd: {e:#}");
-        return ExitCode::from(2);
-    }
-    match dispatch(cli.command) {
+    let log = match init_logging(cli.log_format, &cli.log) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("mtlsd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match dispatch(cli.command, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -124,10 +131,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
+/// The installed log filter, changeable at runtime through the admin endpoint.
+struct LogFilter(reload::Handle<Targets, Registry>);
+
+impl LogControl for LogFilter {
+    fn current(&self) -> String {
+        self.0.with_current(ToString::to_string).unwrap_or_default()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let targets: Targets = filter
+            .parse()
+            .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+        self.0.reload(targets).map_err(|e| e.to_string())
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> Result<Arc<LogFilter>> {
     let filter: Targets = filter
         .parse()
         .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -139,12 +163,12 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
             .with(fmt.json().flatten_event(true).with_filter(filter))
             .init(),
     }
-    Ok(())
+    Ok(Arc::new(LogFilter(handle)))
 }
 
-fn dispatch(command: Command) -> Result<()> {
+fn dispatch(command: Command, log: Arc<LogFilter>) -> Result<()> {
     match command {
-        Command::Run { config, state_dir } => runtime()?.block_on(run(config, state_dir)),
+        Command::Run { config, state_dir } => runtime()?.block_on(run(config, state_dir, log)),
         Command::Check { config } => check(&config),
         Command::Ca(ca) => run_ca(ca),
     }
@@ -157,15 +181,36 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> {
+/// Where `run` gets its configuration from, again on every SIGHUP.
+enum Source {
+    File(PathBuf),
+    Demo(PathBuf),
+}
+
+impl Source {
+    fn load(&self) -> Result<Config> {
+        match self {
+            Self::File(path) => Ok(Config::load(path)?),
+            Self::Demo(dir) => Ok(demo::prepare(dir).context("preparing the demo")?.0),
+        }
+    }
+}
+
+async fn run(
+    config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    log: Arc<LogFilter>,
+) -> Result<()> {
     // Signal handlers first, so a SIGTERM during start-up is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // SIGHUP's default action kills the process; until reload exists it must not.
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    let (config, demo_files) = match config {
-        Some(path) => (Config::load(&path)?, None),
+    let (source, config, demo_files) = match config {
+        Some(path) => {
+            let config = Config::load(&path)?;
+            (Source::File(path), config, None)
+        }
         None => {
             let dir = state_dir.unwrap_or_else(demo::default_state_dir);
             info!(state_dir = %dir.display(), "no --config given: starting the embedded demo");
@@ -178,17 +223,42 @@ async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> 
                         files.upstream_socket.display()
                     )
                 })?;
-            (config, Some(files))
+            (Source::Demo(dir), config, Some(files))
         }
     };
-    let listeners = config.inbound.len() + config.outbound.len();
-    let daemon = Daemon::start(config).await?;
+    let activated = systemd::take_listen_fds().context("socket activation")?;
+    let admin_config = config.admin.clone();
+    // The admin socket is bound before READY so a scraper never races the start.
+    let admin_socket = match &admin_config {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("admin endpoint: cannot listen on {}", a.listen))?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut daemon = Daemon::start_with(config, activated, metrics.clone()).await?;
+    metrics.reloaded(true);
+    let stop_admin = CancellationToken::new();
+    if let Some(socket) = admin_socket {
+        let admin = Arc::new(Admin {
+            status: daemon.status().clone(),
+            metrics,
+            log: Some(log),
+        });
+        tokio::spawn(admin.serve(socket, stop_admin.clone()));
+    }
     if let Some(files) = &demo_files {
         demo::log_instructions(files);
     }
     let notifier = systemd::Notifier::from_env().map(Arc::new);
+    let status_line = |d: &Daemon| {
+        let s = d.status().snapshot();
+        format!("serving {} listeners as {}", s.listeners.len(), s.identity)
+    };
     if let Some(notifier) = &notifier {
-        notifier.ready(&format!("serving {listeners} listeners"));
+        notifier.ready(&status_line(&daemon));
         if let Some(every) = systemd::watchdog_interval() {
             // Pinged from a task on the same runtime: if the event loop wedges, the pings stop
             // and systemd restarts us.
@@ -207,7 +277,32 @@ async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> 
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => warn!("SIGHUP received: reload is not implemented yet; restart to apply changes"),
+            _ = sighup.recv() => {
+                info!("SIGHUP received: reloading configuration");
+                if let Some(n) = &notifier {
+                    n.reloading();
+                }
+                let outcome = match source.load() {
+                    Ok(config) => {
+                        if config.admin != admin_config {
+                            warn!("admin.listen changed; the admin endpoint keeps its address until restart");
+                        }
+                        daemon.reload(config).await.map(|_| ()).map_err(anyhow::Error::from)
+                    }
+                    Err(e) => {
+                        daemon.metrics().reloaded(false);
+                        error!(error = %format!("{e:#}"), "reload rejected; the previous configuration keeps serving");
+                        Err(e)
+                    }
+                };
+                if let Some(n) = &notifier {
+                    let status = match outcome {
+                        Ok(()) => status_line(&daemon),
+                        Err(e) => format!("{}; last reload failed: {e:#}", status_line(&daemon)),
+                    };
+                    n.ready(&status);
+                }
+            }
         }
     };
     info!(signal, "shutting down");
@@ -215,6 +310,7 @@ async fn run(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<()> 
         notifier.stopping(&format!("{signal}: draining connections"));
     }
     daemon.shutdown().await;
+    stop_admin.cancel();
     Ok(())
 }
 

@@ -150,6 +150,17 @@ pub struct Policy {
     pub deny: Vec<Principal>,
 }
 
+impl serde::Serialize for Policy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let rules = |list: &[Principal]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let mut st = s.serialize_struct("Policy", 2)?;
+        st.serialize_field("allow", &rules(&self.allow))?;
+        st.serialize_field("deny", &rules(&self.deny))?;
+        st.end()
+    }
+}
+
 impl Policy {
     /// Decides whether `peer` may pass.
     pub fn authorize(&self, peer: Peer<'_>) -> Decision<'_> {

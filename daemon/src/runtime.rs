@@ -1,25 +1,37 @@
-//! Starting the daemon from a config and stopping it without cutting connections.
+//! Starting the daemon from a config, reloading it in place, and stopping it without cutting connections.
+//!
+//! A reload builds everything new first (identity, TLS configs, sockets for
+//! added listeners) and only then commits. Anything that fails leaves the
+//! running configuration untouched. On commit, a listener whose name and
+//! address are unchanged keeps its socket and only its route is swapped, so
+//! new connections see the new policy while accepted ones finish on the old.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use mtlsd_crypto::Backend;
+use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::config::{BackendKind, Config, IdentityConfig};
-use crate::identity::{IdentityError, Svid, load_bundle};
+use crate::config::{BackendKind, Config, IdentityConfig, InboundConfig, OutboundConfig};
+use crate::identity::{CertInfo, IdentityError, SpiffeId, Svid, load_bundle};
+use crate::metrics::{CertExpiry, Direction, Metrics};
 use crate::proxy::Drain;
 use crate::proxy::inbound::Inbound;
+use crate::proxy::listener::{Listener, Route};
 use crate::proxy::outbound::Outbound;
 use crate::tls::TlsIdentity;
 
 /// How long connections still open after the grace period get to log their close line.
 const HARD_STOP_LINGER: Duration = Duration::from_secs(1);
 
-/// Why the daemon could not start.
+/// Why the daemon could not start, or a reload was rejected.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -83,13 +95,197 @@ pub fn load_identity(
     })
 }
 
-/// A running daemon: its listeners and the means to drain them.
+/// A listener as it is bound right now, for `/config`-style reporting.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundListener {
+    /// Its name.
+    pub name: String,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// The address it accepts on.
+    pub addr: SocketAddr,
+}
+
+/// Everything in effect since the last successful (re)load.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The configuration.
+    pub config: Config,
+    /// Our SPIFFE ID.
+    pub identity: SpiffeId,
+    /// The crypto backend's name.
+    pub backend: &'static str,
+    /// Our chain, leaf first.
+    pub chain: Vec<CertInfo>,
+    /// The trust bundle's CAs.
+    pub bundle: Vec<CertInfo>,
+    /// The listeners and their bound addresses.
+    pub listeners: Vec<BoundListener>,
+    /// When this configuration took effect.
+    pub since: SystemTime,
+}
+
+/// The daemon's state as the admin endpoint sees it; shared, and replaced on every reload.
+#[derive(Debug)]
+pub struct Status {
+    current: RwLock<Arc<Snapshot>>,
+    draining: AtomicBool,
+}
+
+impl Status {
+    /// What is in effect now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `Ok` when the daemon should receive traffic, else every reason it should not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            problems.push("shutting down: draining connections".to_owned());
+        }
+        let snapshot = self.snapshot();
+        if let Some(leaf) = snapshot.chain.first() {
+            if leaf.expires <= SystemTime::now() {
+                problems.push(format!(
+                    "our certificate {} (serial {}) expired at {}",
+                    leaf.name(),
+                    leaf.serial,
+                    leaf.not_after
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// One configured listener, before it has a route.
+enum ListenerConfig {
+    Inbound(InboundConfig),
+    Outbound(OutboundConfig),
+}
+
+impl ListenerConfig {
+    fn all(config: &Config) -> Vec<Self> {
+        let inbound = config.inbound.iter().cloned().map(Self::Inbound);
+        let outbound = config.outbound.iter().cloned().map(Self::Outbound);
+        inbound.chain(outbound).collect()
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Self::Inbound(c) => &c.name,
+            Self::Outbound(c) => &c.name,
+        }
+    }
+
+    fn direction(&self) -> Direction {
+        match self {
+            Self::Inbound(_) => Direction::Inbound,
+            Self::Outbound(_) => Direction::Outbound,
+        }
+    }
+
+    fn listen(&self) -> SocketAddr {
+        match self {
+            Self::Inbound(c) => c.listen,
+            Self::Outbound(c) => c.listen,
+        }
+    }
+
+    fn max_connections(&self) -> usize {
+        match self {
+            Self::Inbound(c) => c.limits.max_connections,
+            Self::Outbound(c) => c.limits.max_connections,
+        }
+    }
+
+    /// Builds the route; `slots` carries connection slots over from the route it replaces.
+    fn route(
+        self,
+        tls: &TlsIdentity,
+        metrics: &Metrics,
+        slots: Option<Arc<Semaphore>>,
+    ) -> Result<Route, StartError> {
+        let name = self.name().to_owned();
+        let listener_metrics = metrics.listener(&name, self.direction());
+        let tls_err = |source| StartError::Tls {
+            listener: name.clone(),
+            source,
+        };
+        Ok(match self {
+            Self::Inbound(c) => {
+                let route = Inbound::new(c, tls, listener_metrics).map_err(tls_err)?;
+                Route::Inbound(Arc::new(match slots {
+                    Some(s) => route.with_connection_slots(s),
+                    None => route,
+                }))
+            }
+            Self::Outbound(c) => {
+                let route = Outbound::new(c, tls, listener_metrics).map_err(tls_err)?;
+                Route::Outbound(Arc::new(match slots {
+                    Some(s) => route.with_connection_slots(s),
+                    None => route,
+                }))
+            }
+        })
+    }
+}
+
+/// A bound listener and its accept loop.
+#[derive(Debug)]
+struct Running {
+    name: String,
+    direction: Direction,
+    /// The address as configured (may have port 0).
+    configured: SocketAddr,
+    /// The address actually bound.
+    addr: SocketAddr,
+    max_connections: usize,
+    listener: Arc<Listener>,
+    /// Returns the socket when the loop stops, so a reload can hand it to a successor.
+    accept_loop: JoinHandle<TcpListener>,
+}
+
+/// Where a listener's socket comes from on (re)load.
+enum SocketPlan {
+    /// Same name, direction and address: keep running listener `i`, swap its route.
+    Keep(usize),
+    /// Running listener `i` (going away) is bound to the same fixed address: take its socket.
+    Handover(usize),
+    /// A socket passed by systemd under this listener's name.
+    Activated,
+    /// Freshly bound.
+    Fresh(TcpListener),
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Listeners that did not exist before.
+    pub added: Vec<String>,
+    /// Listeners that no longer exist.
+    pub removed: Vec<String>,
+    /// Listeners kept, with a new route.
+    pub updated: Vec<String>,
+}
+
+/// A running daemon: its listeners and the means to reload and drain them.
 #[derive(Debug)]
 pub struct Daemon {
     drain: Drain,
-    bound: Vec<(String, SocketAddr)>,
-    /// Accept loops; joined on shutdown so their sockets are closed before draining starts.
-    accept_loops: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    running: Vec<Running>,
+    /// Sockets systemd passed, by name, not yet claimed by a listener.
+    activated: HashMap<String, TcpListener>,
     grace: Duration,
 }
 
@@ -99,73 +295,265 @@ impl Daemon {
     /// Binding happens before anything is served, so a port conflict fails the
     /// start instead of leaving a half-running daemon.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let backend = backend_for(config.crypto.backend);
-        let tls = load_identity(&config.identity, backend.as_ref())?;
-        let tls_err = |listener: &str| {
-            let listener = listener.to_owned();
-            move |source| StartError::Tls { listener, source }
-        };
+        Self::start_with(config, Vec::new(), Arc::new(Metrics::new())).await
+    }
 
-        let mut inbound = Vec::new();
-        for c in config.inbound {
-            let name = c.name.clone();
-            let listener = bind(&name, c.listen).await?;
-            inbound.push((
-                Arc::new(Inbound::new(c, &tls).map_err(tls_err(&name))?),
-                listener,
-            ));
+    /// Like [`Daemon::start`], with sockets from systemd (matched to listeners by name) and shared metrics.
+    pub async fn start_with(
+        config: Config,
+        activated: Vec<(String, std::net::TcpListener)>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        let mut sockets = HashMap::new();
+        for (name, socket) in activated {
+            match TcpListener::from_std(socket) {
+                Ok(s) => {
+                    sockets.insert(name, s);
+                }
+                Err(e) => error!(fd_name = %name, error = %e, "cannot use socket-activated fd"),
+            }
         }
-        let mut outbound = Vec::new();
-        for c in config.outbound {
-            let name = c.name.clone();
-            let listener = bind(&name, c.listen).await?;
-            outbound.push((
-                Arc::new(Outbound::new(c, &tls).map_err(tls_err(&name))?),
-                listener,
-            ));
-        }
-
-        let drain = Drain::new();
-        let mut bound = Vec::new();
-        let mut accept_loops = Vec::new();
-        for (l, listener) in inbound {
-            let addr = listener.local_addr().unwrap_or(l.config().listen);
-            info!(listener = %l.config().name, direction = "inbound", addr = %addr,
-                  forward = %l.config().forward, "listening");
-            bound.push((l.config().name.clone(), addr));
-            accept_loops.push(tokio::spawn(l.serve(listener, drain.clone())));
-        }
-        for (l, listener) in outbound {
-            let addr = listener.local_addr().unwrap_or(l.config().listen);
-            info!(listener = %l.config().name, direction = "outbound", addr = %addr,
-                  connect = %l.config().connect, server_id = %l.config().server_id, "listening");
-            bound.push((l.config().name.clone(), addr));
-            accept_loops.push(tokio::spawn(l.serve(listener, drain.clone())));
-        }
-        info!(identity = %tls.svid.id, backend = backend.name(), "ready");
-        Ok(Self {
-            drain,
-            bound,
-            accept_loops,
+        let (tls, backend) = load(&config)?;
+        let mut daemon = Self {
+            drain: Drain::new(),
+            status: Arc::new(Status {
+                current: RwLock::new(Arc::new(snapshot(&config, &tls, backend, Vec::new()))),
+                draining: AtomicBool::new(false),
+            }),
+            metrics,
+            running: Vec::new(),
+            activated: sockets,
             grace: config.shutdown_grace,
-        })
+        };
+        daemon.apply(config, tls, backend).await?;
+        for name in daemon.activated.keys() {
+            warn!(fd_name = %name, "socket-activated fd matches no listener name; it stays unused");
+        }
+        info!(identity = %daemon.status.snapshot().identity, backend, "ready");
+        Ok(daemon)
+    }
+
+    /// Replaces the running configuration with `config`, or changes nothing and says why.
+    pub async fn reload(&mut self, config: Config) -> Result<ReloadSummary, StartError> {
+        let result = match load(&config) {
+            Ok((tls, backend)) => self.apply(config, tls, backend).await,
+            Err(e) => Err(e),
+        };
+        self.metrics.reloaded(result.is_ok());
+        match &result {
+            Ok(summary) => info!(
+                identity = %self.status.snapshot().identity,
+                added = ?summary.added,
+                removed = ?summary.removed,
+                updated = ?summary.updated,
+                "configuration reloaded"
+            ),
+            Err(e) => {
+                error!(error = %e, "reload rejected; the previous configuration keeps serving")
+            }
+        }
+        result
+    }
+
+    async fn apply(
+        &mut self,
+        config: Config,
+        tls: TlsIdentity,
+        backend: &'static str,
+    ) -> Result<ReloadSummary, StartError> {
+        let wanted = ListenerConfig::all(&config);
+
+        // Plan every socket before touching anything that runs.
+        let mut claimed = vec![false; self.running.len()];
+        let mut plan: Vec<Option<SocketPlan>> = wanted
+            .iter()
+            .map(|w| {
+                let i = self.running.iter().enumerate().position(|(i, r)| {
+                    !claimed[i]
+                        && r.name == w.name()
+                        && r.direction == w.direction()
+                        && r.configured == w.listen()
+                })?;
+                claimed[i] = true;
+                Some(SocketPlan::Keep(i))
+            })
+            .collect();
+        for (w, p) in wanted.iter().zip(plan.iter_mut()) {
+            if p.is_some() {
+                continue;
+            }
+            let handover = (w.listen().port() != 0)
+                .then(|| {
+                    self.running
+                        .iter()
+                        .enumerate()
+                        .position(|(i, r)| !claimed[i] && r.configured == w.listen())
+                })
+                .flatten();
+            *p = Some(if let Some(i) = handover {
+                claimed[i] = true;
+                SocketPlan::Handover(i)
+            } else if self.activated.contains_key(w.name()) {
+                SocketPlan::Activated
+            } else {
+                SocketPlan::Fresh(bind(w.name(), w.listen()).await?)
+            });
+        }
+        let plan: Vec<SocketPlan> = plan.into_iter().flatten().collect();
+
+        let mut routes = Vec::with_capacity(wanted.len());
+        for (w, p) in wanted.into_iter().zip(&plan) {
+            // Unchanged limits keep the running listener's connection slots, so
+            // max_connections also counts connections accepted before the reload.
+            let slots = match p {
+                SocketPlan::Keep(i) if self.running[*i].max_connections == w.max_connections() => {
+                    Some(self.running[*i].listener.route().connection_slots())
+                }
+                _ => None,
+            };
+            routes.push(w.route(&tls, &self.metrics, slots)?);
+        }
+
+        // Commit: nothing below can fail the reload.
+        let mut summary = ReloadSummary::default();
+        let mut old: Vec<Option<Running>> = std::mem::take(&mut self.running)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut handed_over = HashMap::new();
+        for (i, slot) in old.iter_mut().enumerate() {
+            let kept = plan
+                .iter()
+                .any(|p| matches!(p, SocketPlan::Keep(k) if *k == i));
+            if kept {
+                continue;
+            }
+            let Some(r) = slot.take() else { continue };
+            r.listener.stop();
+            // The loop returns its socket once it has stopped accepting.
+            let socket = r.accept_loop.await;
+            let handover = plan
+                .iter()
+                .any(|p| matches!(p, SocketPlan::Handover(h) if *h == i));
+            match socket {
+                Ok(socket) if handover => {
+                    handed_over.insert(i, socket);
+                }
+                Ok(_) => {}
+                Err(e) => error!(listener = %r.name, error = %e, "accept loop ended abnormally"),
+            }
+            if !handover {
+                info!(listener = %r.name, addr = %r.addr, "listener removed; its open connections continue");
+                summary.removed.push(r.name);
+            }
+        }
+        for (route, p) in routes.into_iter().zip(plan) {
+            let socket = match p {
+                SocketPlan::Keep(i) => {
+                    let Some(r) = old[i].take() else { continue };
+                    r.listener.replace(route);
+                    summary.updated.push(r.name.clone());
+                    self.running.push(r);
+                    continue;
+                }
+                SocketPlan::Handover(i) => match handed_over.remove(&i) {
+                    Some(s) => s,
+                    // Only if the old loop panicked: try binding again.
+                    None => match bind(route.name(), route.listen()).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            error!(error = %e, "listener lost in reload");
+                            continue;
+                        }
+                    },
+                },
+                SocketPlan::Activated => match self.activated.remove(route.name()) {
+                    Some(s) => s,
+                    None => continue,
+                },
+                SocketPlan::Fresh(s) => s,
+            };
+            summary.added.push(route.name().to_owned());
+            self.running.push(self.spawn(route, socket));
+        }
+
+        let listeners = self
+            .running
+            .iter()
+            .map(|r| BoundListener {
+                name: r.name.clone(),
+                direction: r.direction.as_str(),
+                addr: r.addr,
+            })
+            .collect();
+        let snapshot = snapshot(&config, &tls, backend, listeners);
+        self.metrics.set_certificates(&expiries(&snapshot));
+        warn_if_expiring(&snapshot);
+        *self
+            .status
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        self.grace = config.shutdown_grace;
+        Ok(summary)
+    }
+
+    fn spawn(&self, route: Route, socket: TcpListener) -> Running {
+        let addr = socket.local_addr().unwrap_or(route.listen());
+        match &route {
+            Route::Inbound(i) => {
+                info!(listener = %route.name(), direction = "inbound", addr = %addr,
+                                       forward = %i.config().forward, "listening")
+            }
+            Route::Outbound(o) => {
+                info!(listener = %route.name(), direction = "outbound", addr = %addr,
+                                        connect = %o.config().connect, server_id = %o.config().server_id,
+                                        "listening")
+            }
+        }
+        let name = route.name().to_owned();
+        let direction = route.direction();
+        let configured = route.listen();
+        let max_connections = route.max_connections();
+        let listener = Listener::new(route, &self.drain);
+        let accept_loop = tokio::spawn(listener.clone().serve(socket, self.drain.clone()));
+        Running {
+            name,
+            direction,
+            configured,
+            addr,
+            max_connections,
+            listener,
+            accept_loop,
+        }
     }
 
     /// The address each listener is bound to, by listener name.
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.bound
+        self.running
             .iter()
-            .find(|(n, _)| n == listener)
-            .map(|(_, a)| *a)
+            .find(|r| r.name == listener)
+            .map(|r| r.addr)
+    }
+
+    /// The metrics every listener reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What the admin endpoint reports.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
     }
 
     /// Stops accepting, waits up to the grace period for connections to finish, then closes the rest.
     pub async fn shutdown(self) {
+        self.status.draining.store(true, Ordering::Relaxed);
         self.drain.stop_accepting.cancel();
         // Once the accept loops have returned, the listening sockets are closed and
         // the tracker holds exactly the established connections.
-        for accept_loop in self.accept_loops {
-            let _ = accept_loop.await;
+        for r in self.running {
+            drop(r.accept_loop.await);
         }
         self.drain.tracker.close();
         let open = self.drain.tracker.len();
@@ -186,6 +574,70 @@ impl Daemon {
             let _ = tokio::time::timeout(HARD_STOP_LINGER, self.drain.tracker.wait()).await;
         }
         info!("stopped");
+    }
+}
+
+/// Loads the backend and identity a config names.
+fn load(config: &Config) -> Result<(TlsIdentity, &'static str), StartError> {
+    let backend = backend_for(config.crypto.backend);
+    let tls = load_identity(&config.identity, backend.as_ref())?;
+    Ok((tls, backend.name()))
+}
+
+fn snapshot(
+    config: &Config,
+    tls: &TlsIdentity,
+    backend: &'static str,
+    listeners: Vec<BoundListener>,
+) -> Snapshot {
+    let (chain, bundle) = tls.certificates();
+    Snapshot {
+        config: config.clone(),
+        identity: tls.svid.id.clone(),
+        backend,
+        chain,
+        bundle,
+        listeners,
+        since: SystemTime::now(),
+    }
+}
+
+fn expiries(snapshot: &Snapshot) -> Vec<CertExpiry> {
+    let leaf = snapshot.chain.first().map(|c| ("svid", c));
+    let cas = snapshot.bundle.iter().map(|c| ("bundle", c));
+    leaf.into_iter()
+        .chain(cas)
+        .map(|(role, c)| CertExpiry {
+            role,
+            subject: c.name().to_owned(),
+            serial: c.serial.clone(),
+            not_after: c.expires,
+        })
+        .collect()
+}
+
+/// Below this much remaining validity, loading a certificate logs a warning.
+const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86_400);
+
+fn warn_if_expiring(snapshot: &Snapshot) {
+    let now = SystemTime::now();
+    for (role, cert) in snapshot
+        .chain
+        .first()
+        .map(|c| ("svid", c))
+        .into_iter()
+        .chain(snapshot.bundle.iter().map(|c| ("bundle", c)))
+    {
+        match cert.expires.duration_since(now) {
+            Err(_) => {
+                warn!(role, cert = %cert.name(), serial = %cert.serial, not_after = %cert.not_after, "certificate has expired")
+            }
+            Ok(left) if left < EXPIRY_WARNING && role == "bundle" => {
+                warn!(role, cert = %cert.name(), serial = %cert.serial, not_after = %cert.not_after,
+                      "CA certificate expires within 7 days")
+            }
+            Ok(_) => {}
+        }
     }
 }
 

@@ -11,9 +11,11 @@ use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::server::NoServerSessionStorage;
 use rustls::sign::SingleCertAndKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 
-use crate::identity::{SpiffeClientVerifier, SpiffeId, SpiffeServerVerifier, Svid};
+use crate::identity::{
+    Bundle, CertInfo, SpiffeClientVerifier, SpiffeId, SpiffeServerVerifier, Svid,
+};
 
 /// The TLS material shared by every listener: who we are and whom we trust.
 #[derive(Debug, Clone)]
@@ -21,7 +23,7 @@ pub struct TlsIdentity {
     /// Our certificate chain and key.
     pub svid: Svid,
     /// CA certificates of our trust domain.
-    pub bundle: Arc<RootCertStore>,
+    pub bundle: Bundle,
     /// The trust domain peers must belong to.
     pub trust_domain: String,
     /// Key exchange, ciphers and signature verification.
@@ -32,7 +34,7 @@ impl TlsIdentity {
     /// Server side: require a client SVID from our trust domain.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
         let verifier = SpiffeClientVerifier::new(
-            self.bundle.clone(),
+            self.bundle.roots.clone(),
             &self.trust_domain,
             self.provider.clone(),
         )
@@ -51,7 +53,7 @@ impl TlsIdentity {
     /// Client side: present our SVID and accept only a server proving `server_id`.
     pub fn client_config(&self, server_id: &SpiffeId) -> Result<Arc<ClientConfig>, rustls::Error> {
         let verifier =
-            SpiffeServerVerifier::new(self.bundle.clone(), server_id.clone(), &self.provider);
+            SpiffeServerVerifier::new(self.bundle.roots.clone(), server_id.clone(), &self.provider);
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -61,5 +63,20 @@ impl TlsIdentity {
             )));
         config.resumption = Resumption::disabled();
         Ok(Arc::new(config))
+    }
+}
+
+impl TlsIdentity {
+    /// Our chain (leaf first) and the bundle's CAs, summarised for operators.
+    pub fn certificates(&self) -> (Vec<CertInfo>, Vec<CertInfo>) {
+        let chain = self
+            .svid
+            .certified_key
+            .cert
+            .iter()
+            .filter_map(CertInfo::of)
+            .collect();
+        let bundle = self.bundle.certs.iter().filter_map(CertInfo::of).collect();
+        (chain, bundle)
     }
 }

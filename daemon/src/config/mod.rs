@@ -16,12 +16,16 @@ use error::Locator;
 pub use error::{ConfigError, Problem};
 use mtlsd_crypto::KeyRef;
 use raw::{RawConfig, RawLimits, S};
+use serde::Serialize;
 
 use crate::identity::{SpiffeId, validate_trust_domain};
 use crate::policy::{Policy, Principal};
 
 /// A complete, validated configuration.
-#[derive(Debug, Clone)]
+///
+/// It serializes to what `/config` shows: every value in effect, defaults
+/// included, with key references printed without their query (which may hold a PIN).
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// Our SVID and the bundle peers must chain to.
     pub identity: IdentityConfig,
@@ -32,24 +36,36 @@ pub struct Config {
     /// Plaintext loopback listeners that dial remote mTLS servers.
     pub outbound: Vec<OutboundConfig>,
     /// How long established connections may drain after SIGTERM.
+    #[serde(serialize_with = "as_duration")]
     pub shutdown_grace: Duration,
+    /// The loopback admin endpoint, if enabled.
+    pub admin: Option<AdminConfig>,
+}
+
+/// The admin endpoint: health, readiness, certificates, config, metrics and log level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminConfig {
+    /// A loopback address; the endpoint is unauthenticated, so it never listens elsewhere.
+    pub listen: SocketAddr,
 }
 
 /// Where our identity and trust bundle come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct IdentityConfig {
     /// The trust domain we belong to and accept peers from.
     pub trust_domain: String,
     /// PEM chain, leaf first.
     pub cert: PathBuf,
     /// The leaf's private key.
+    #[serde(serialize_with = "as_display")]
     pub key: KeyRef,
     /// PEM CA certificates of the trust domain.
     pub bundle: PathBuf,
 }
 
 /// The crypto backend that holds private keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum BackendKind {
     /// rustls on aws-lc-rs.
@@ -57,24 +73,27 @@ pub enum BackendKind {
 }
 
 /// Crypto backend selection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CryptoConfig {
     /// The backend in use.
     pub backend: BackendKind,
 }
 
 /// Resource limits of one listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// Connections held at once; further ones are closed on accept.
     pub max_connections: usize,
     /// Handshakes in progress at once; further ones wait within their timeout.
     pub max_handshakes: usize,
     /// Time from accept to an authorized peer, waiting included.
+    #[serde(serialize_with = "as_duration")]
     pub handshake_timeout: Duration,
     /// A connection with no bytes either way for this long is closed.
+    #[serde(serialize_with = "as_duration")]
     pub idle_timeout: Duration,
     /// Time allowed to connect to the upstream.
+    #[serde(serialize_with = "as_duration")]
     pub connect_timeout: Duration,
 }
 
@@ -91,7 +110,8 @@ impl Default for Limits {
 }
 
 /// Whether an inbound listener also takes plaintext.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// mTLS only.
     Strict,
@@ -118,13 +138,14 @@ impl std::fmt::Display for Upstream {
 }
 
 /// An mTLS listener in front of a local service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct InboundConfig {
     /// Unique listener name, used in logs and metrics.
     pub name: String,
     /// Address to accept TLS on.
     pub listen: SocketAddr,
     /// The local service.
+    #[serde(serialize_with = "as_display")]
     pub forward: Upstream,
     /// Strict or permissive.
     pub mode: Mode,
@@ -137,7 +158,7 @@ pub struct InboundConfig {
 }
 
 /// A plaintext loopback listener that dials an mTLS server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OutboundConfig {
     /// Unique listener name, used in logs and metrics.
     pub name: String,
@@ -146,6 +167,7 @@ pub struct OutboundConfig {
     /// Remote `host:port`.
     pub connect: String,
     /// The SPIFFE ID the remote server must present.
+    #[serde(serialize_with = "as_display")]
     pub server_id: SpiffeId,
     /// Resource limits.
     pub limits: Limits,
@@ -181,6 +203,29 @@ impl Config {
             _ => Err(ConfigError::Invalid(v.problems)),
         }
     }
+}
+
+/// Writes a duration the way the config file does (`10s`, `500ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    match s {
+        s if s != 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s != 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s != 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn as_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn as_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// Parses `500ms`, `10s`, `5m`, `2h` or `1d`.
@@ -292,13 +337,35 @@ impl Validator<'_> {
             self.problems.push(p);
         }
 
+        let admin = match &raw.admin {
+            None => Some(None),
+            Some(a) => self.admin(a.get_ref()).map(Some),
+        };
+
         Some(Config {
             identity: identity?,
             crypto: crypto?,
             inbound,
             outbound,
             shutdown_grace: shutdown_grace?,
+            admin: admin?,
         })
+    }
+
+    fn admin(&mut self, raw: &raw::RawAdmin) -> Option<AdminConfig> {
+        let listen = self.listen(&raw.listen, "admin")?;
+        if !listen.ip().is_loopback() {
+            self.report(
+                &raw.listen,
+                "admin.listen",
+                format!(
+                    "{listen} is not a loopback address; the admin endpoint is unauthenticated \
+                     and only listens on 127.0.0.0/8 or ::1"
+                ),
+            );
+            return None;
+        }
+        Some(AdminConfig { listen })
     }
 
     fn identity(&mut self, raw: &S<raw::RawIdentity>) -> Option<IdentityConfig> {

@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    pub admin: Option<S<RawAdmin>>,
     #[serde(default)]
     pub inbound: Vec<S<RawInbound>>,
     #[serde(default)]
@@ -45,6 +46,12 @@ pub(super) struct RawLimits {
     pub handshake_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub listen: S<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -126,16 +126,29 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityE
     Ok(certs)
 }
 
-/// Reads a trust bundle: the CA certificates peers must chain to.
-pub fn load_bundle(path: &Path) -> Result<Arc<RootCertStore>, IdentityError> {
+/// A trust bundle: the CA certificates peers must chain to.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The trust anchors, as verifiers use them.
+    pub roots: Arc<RootCertStore>,
+    /// The certificates as read, for reporting.
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+/// Reads a trust bundle from a PEM file.
+pub fn load_bundle(path: &Path) -> Result<Bundle, IdentityError> {
+    let certs = load_certs(path)?;
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| IdentityError::Certs {
+    for cert in &certs {
+        roots.add(cert.clone()).map_err(|e| IdentityError::Certs {
             path: path.to_owned(),
             reason: format!("unusable CA certificate: {e}"),
         })?;
     }
-    Ok(Arc::new(roots))
+    Ok(Bundle {
+        roots: Arc::new(roots),
+        certs,
+    })
 }
 
 /// Our SVID: certificate chain, signing key and the SPIFFE ID they prove.

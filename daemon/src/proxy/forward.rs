@@ -11,9 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ListenerMetrics;
 
 /// Per-direction buffer: one maximum-size TLS record.
 const BUF_SIZE: usize = 16 * 1024;
@@ -69,19 +72,23 @@ impl Forwarded {
 }
 
 /// Forwards until both directions finish, the connection idles out, or `hard_stop` fires.
+///
+/// Bytes are added to `metrics` as they move, so long-lived connections show up
+/// in the byte counters before they close.
 pub async fn splice<P, U>(
     peer: P,
     upstream: U,
     idle_timeout: Duration,
     hard_stop: &CancellationToken,
+    metrics: &ListenerMetrics,
 ) -> Forwarded
 where
     P: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Activity::new();
-    let mut peer = Metered::new(peer, &activity);
-    let mut upstream = Metered::new(upstream, &activity);
+    let mut peer = Metered::new(peer, &activity, &metrics.from_peer);
+    let mut upstream = Metered::new(upstream, &activity, &metrics.to_peer);
     let (reason, error) = tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut peer, &mut upstream, BUF_SIZE, BUF_SIZE) => match r {
             Ok(_) => (CloseReason::Completed, None),
@@ -135,14 +142,16 @@ struct Metered<'a, S> {
     inner: S,
     bytes_read: u64,
     activity: &'a Activity,
+    counter: &'a Counter,
 }
 
 impl<'a, S> Metered<'a, S> {
-    fn new(inner: S, activity: &'a Activity) -> Self {
+    fn new(inner: S, activity: &'a Activity, counter: &'a Counter) -> Self {
         Self {
             inner,
             bytes_read: 0,
             activity,
+            counter,
         }
     }
 }
@@ -158,6 +167,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.bytes_read += n as u64;
+            self.counter.inc_by(n as u64);
             self.activity.touch();
         }
         poll
@@ -187,16 +197,22 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
+    use crate::metrics::{Direction, Metrics};
+
+    fn meters() -> ListenerMetrics {
+        Metrics::new().listener("test", Direction::Inbound)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn half_close_keeps_the_other_direction_open() {
         let (mut client, peer) = duplex(64);
         let (upstream, mut service) = duplex(64);
         let never = CancellationToken::new();
-        let fwd =
-            tokio::spawn(
-                async move { splice(peer, upstream, Duration::from_secs(60), &never).await },
-            );
+        let counted = meters();
+        let m = counted.clone();
+        let fwd = tokio::spawn(async move {
+            splice(peer, upstream, Duration::from_secs(60), &never, &m).await
+        });
 
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -215,6 +231,7 @@ mod tests {
             (done.from_peer, done.to_peer, done.reason),
             (7, 8, CloseReason::Completed)
         );
+        assert_eq!((counted.from_peer.get(), counted.to_peer.get()), (7, 8));
     }
 
     #[tokio::test(start_paused = true)]
@@ -223,10 +240,9 @@ mod tests {
         let (upstream, mut service) = duplex(64);
         let never = CancellationToken::new();
         let start = Instant::now();
-        let fwd =
-            tokio::spawn(
-                async move { splice(peer, upstream, Duration::from_secs(10), &never).await },
-            );
+        let fwd = tokio::spawn(async move {
+            splice(peer, upstream, Duration::from_secs(10), &never, &meters()).await
+        });
         tokio::time::sleep(Duration::from_secs(6)).await;
         client.write_all(b"x").await.unwrap();
         let mut b = [0u8; 1];
@@ -243,7 +259,7 @@ mod tests {
         let (upstream, _service) = duplex(64);
         let stop = CancellationToken::new();
         stop.cancel();
-        let done = splice(peer, upstream, Duration::from_secs(60), &stop).await;
+        let done = splice(peer, upstream, Duration::from_secs(60), &stop, &meters()).await;
         assert_eq!(done.reason, CloseReason::ShutdownGraceElapsed);
     }
 }

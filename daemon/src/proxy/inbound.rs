@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
@@ -18,9 +18,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{Forwarded, splice};
-use super::{Closed, Drain, Outcome, Refusal, RefuseReason, accept_loop, proxy_protocol};
+use super::{Closed, Outcome, Refusal, RefuseReason, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
 use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::policy::{Decision, Peer, UNAUTHENTICATED};
 use crate::tls::TlsIdentity;
 
@@ -33,6 +34,7 @@ pub struct Inbound {
     acceptor: TlsAcceptor,
     connections: Arc<Semaphore>,
     handshakes: Semaphore,
+    metrics: ListenerMetrics,
 }
 
 /// A peer that passed the handshake and the policy.
@@ -58,11 +60,16 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// Prepares a listener for `config` using our TLS identity.
-    pub fn new(config: InboundConfig, tls: &TlsIdentity) -> Result<Self, rustls::Error> {
+    pub fn new(
+        config: InboundConfig,
+        tls: &TlsIdentity,
+        metrics: ListenerMetrics,
+    ) -> Result<Self, rustls::Error> {
         Ok(Self {
             acceptor: TlsAcceptor::from(tls.server_config()?),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Semaphore::new(config.limits.max_handshakes),
+            metrics,
             config,
         })
     }
@@ -72,18 +79,24 @@ impl Inbound {
         &self.config
     }
 
-    /// Accepts connections until `drain` says stop; each connection runs in `drain`'s tracker.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
-        let name = self.config.name.clone();
-        accept_loop(&name, listener, &self.connections, &drain, |stream, src| {
-            let this = self.clone();
-            let hard_stop = drain.hard_stop.clone();
-            async move { this.handle(stream, src, &hard_stop).await }
-        })
-        .await;
+    /// Shares `slots` (from the listener this one replaces) instead of fresh ones.
+    pub fn with_connection_slots(mut self, slots: Arc<Semaphore>) -> Self {
+        self.connections = slots;
+        self
     }
 
-    async fn handle(
+    /// Slots for open connections (`max_connections`).
+    pub fn connections(&self) -> &Arc<Semaphore> {
+        &self.connections
+    }
+
+    /// This listener's metrics.
+    pub fn metrics(&self) -> &ListenerMetrics {
+        &self.metrics
+    }
+
+    /// Admits, forwards and closes one accepted connection.
+    pub async fn handle(
         &self,
         stream: TcpStream,
         src: SocketAddr,
@@ -138,11 +151,14 @@ impl Inbound {
             return Ok(Admitted::Plaintext { stream, rule });
         }
 
+        let started = Instant::now();
         let tls = self
             .acceptor
             .accept(stream)
             .await
             .map_err(|e| Refusal::new(RefuseReason::of_handshake(&e), e.to_string()))?;
+        self.metrics
+            .handshake(HandshakeKind::Full, started.elapsed());
         // The verifier already insisted on exactly one SPIFFE ID in our trust domain.
         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         let id = leaf
@@ -165,15 +181,26 @@ impl Inbound {
 
     fn authorize(&self, peer: Peer<'_>) -> Result<String, Refusal> {
         match self.config.policy.authorize(peer) {
-            Decision::Allow(rule) => Ok(rule.to_string()),
-            Decision::Deny(rule) => Err(Refusal::new(
-                RefuseReason::Denied,
-                format!("deny rule {rule} matched"),
-            )),
-            Decision::NoMatch => Err(Refusal::new(
-                RefuseReason::NotAllowed,
-                "no allow rule matched",
-            )),
+            Decision::Allow(rule) => {
+                let rule = rule.to_string();
+                self.metrics.authorization("allow", &rule);
+                Ok(rule)
+            }
+            Decision::Deny(rule) => {
+                let rule = rule.to_string();
+                self.metrics.authorization("deny", &rule);
+                Err(Refusal::new(
+                    RefuseReason::Denied,
+                    format!("deny rule {rule} matched"),
+                ))
+            }
+            Decision::NoMatch => {
+                self.metrics.authorization("no_match", "");
+                Err(Refusal::new(
+                    RefuseReason::NotAllowed,
+                    "no allow rule matched",
+                ))
+            }
         }
     }
 
@@ -223,7 +250,7 @@ impl Inbound {
                         return Forwarded::failed(e);
                     }
                 }
-                splice(stream, upstream, idle, hard_stop).await
+                splice(stream, upstream, idle, hard_stop, &self.metrics).await
             }
             Admitted::Plaintext { stream, .. } => {
                 if self.config.proxy_protocol {
@@ -234,7 +261,7 @@ impl Inbound {
                         return Forwarded::failed(e);
                     }
                 }
-                splice(stream, upstream, idle, hard_stop).await
+                splice(stream, upstream, idle, hard_stop, &self.metrics).await
             }
         }
     }

@@ -2,23 +2,24 @@
 
 pub mod forward;
 pub mod inbound;
+pub mod listener;
 pub mod outbound;
 pub mod proxy_protocol;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::{CertificateError, Error as TlsError};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use self::forward::Forwarded;
 use crate::identity::SvidError;
+
+/// The tracing target of the per-connection access log lines, so they can be filtered or routed alone.
+pub const ACCESS_LOG: &str = "mtlsd::access";
 
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -81,6 +82,14 @@ impl RefuseReason {
             Self::Denied => "denied",
             Self::UpstreamUnavailable => "upstream_unavailable",
         }
+    }
+
+    /// Whether the connection failed in the TLS handshake (as opposed to limits, policy or upstream).
+    pub fn is_handshake_failure(self) -> bool {
+        !matches!(
+            self,
+            Self::TooManyConnections | Self::NotAllowed | Self::Denied | Self::UpstreamUnavailable
+        )
     }
 
     /// Classifies the error a failed handshake returned.
@@ -155,6 +164,7 @@ impl Refusal {
     /// Emits the single "connection refused" log line.
     pub fn log(&self, listener: &str, src: SocketAddr) {
         warn!(
+            target: ACCESS_LOG,
             listener = %listener,
             src = %src,
             reason = self.reason.as_str(),
@@ -188,6 +198,7 @@ fn log_outcome(outcome: &Outcome, listener: &str, src: SocketAddr) {
     match outcome {
         Err(refusal) => refusal.log(listener, src),
         Ok(closed) => info!(
+            target: ACCESS_LOG,
             listener = %listener,
             src = %src,
             peer_id = %closed.peer_id,
@@ -228,52 +239,5 @@ impl Drain {
 impl Default for Drain {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Accepts until told to stop, refusing connections beyond the listener's `max_connections`.
-///
-/// Each connection runs `handle` in its own tracked task. Its connection slot
-/// is released as soon as `handle` returns (its sockets are closed by then),
-/// before the closing log line, so a client that reacts to that line finds the slot free.
-async fn accept_loop<F, Fut>(
-    listener_name: &str,
-    listener: TcpListener,
-    connections: &Arc<Semaphore>,
-    drain: &Drain,
-    mut handle: F,
-) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = Outcome> + Send + 'static,
-{
-    loop {
-        let accepted = tokio::select! {
-            () = drain.stop_accepting.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, src) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors or buffers: back off instead of spinning.
-                error!(listener = %listener_name, error = %e, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            Refusal::new(
-                RefuseReason::TooManyConnections,
-                "listener is at max_connections",
-            )
-            .log(listener_name, src);
-            continue;
-        };
-        let connection = handle(stream, src);
-        let listener_name = listener_name.to_owned();
-        drain.tracker.spawn(async move {
-            let outcome = connection.await;
-            drop(permit);
-            log_outcome(&outcome, &listener_name, src);
-        });
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use rustls_pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
@@ -14,8 +14,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::splice;
-use super::{Closed, Drain, Outcome, Refusal, RefuseReason, accept_loop};
+use super::{Closed, Outcome, Refusal, RefuseReason};
 use crate::config::OutboundConfig;
+use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::tls::TlsIdentity;
 
 /// A running outbound listener's shared state.
@@ -25,6 +26,7 @@ pub struct Outbound {
     server_name: ServerName<'static>,
     connections: Arc<Semaphore>,
     handshakes: Semaphore,
+    metrics: ListenerMetrics,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -37,7 +39,11 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     /// Prepares a listener for `config` using our TLS identity.
-    pub fn new(config: OutboundConfig, tls: &TlsIdentity) -> Result<Self, rustls::Error> {
+    pub fn new(
+        config: OutboundConfig,
+        tls: &TlsIdentity,
+        metrics: ListenerMetrics,
+    ) -> Result<Self, rustls::Error> {
         // SNI only; the server is identified by its SPIFFE ID, not its name.
         let host = config
             .connect
@@ -51,6 +57,7 @@ impl Outbound {
             server_name,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Semaphore::new(config.limits.max_handshakes),
+            metrics,
             config,
         })
     }
@@ -60,24 +67,24 @@ impl Outbound {
         &self.config
     }
 
-    /// Accepts local clients until `drain` says stop.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
-        let name = self.config.name.clone();
-        accept_loop(
-            &name,
-            listener,
-            &self.connections,
-            &drain,
-            |stream, _src| {
-                let this = self.clone();
-                let hard_stop = drain.hard_stop.clone();
-                async move { this.handle(stream, &hard_stop).await }
-            },
-        )
-        .await;
+    /// Shares `slots` (from the listener this one replaces) instead of fresh ones.
+    pub fn with_connection_slots(mut self, slots: Arc<Semaphore>) -> Self {
+        self.connections = slots;
+        self
     }
 
-    async fn handle(&self, local: TcpStream, hard_stop: &CancellationToken) -> Outcome {
+    /// Slots for open connections (`max_connections`).
+    pub fn connections(&self) -> &Arc<Semaphore> {
+        &self.connections
+    }
+
+    /// This listener's metrics.
+    pub fn metrics(&self) -> &ListenerMetrics {
+        &self.metrics
+    }
+
+    /// Dials, verifies, forwards and closes one local client's connection.
+    pub async fn handle(&self, local: TcpStream, hard_stop: &CancellationToken) -> Outcome {
         let started = Instant::now();
         let _ = local.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
@@ -94,7 +101,14 @@ impl Outbound {
             peer_id: self.config.server_id.to_string(),
             rule: None,
             upstream: self.config.connect.clone(),
-            forwarded: splice(local, remote, self.config.limits.idle_timeout, hard_stop).await,
+            forwarded: splice(
+                local,
+                remote,
+                self.config.limits.idle_timeout,
+                hard_stop,
+                &self.metrics,
+            )
+            .await,
             duration: started.elapsed(),
         })
     }
@@ -120,12 +134,17 @@ impl Outbound {
         .map_err(|_| unavailable("connect timed out".into()))?
         .map_err(|e| unavailable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        self.connector
+        let started = Instant::now();
+        let tls = self
+            .connector
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| {
                 Refusal::new(RefuseReason::of_handshake(&e), e.to_string())
                     .with_peer(self.config.server_id.as_str())
-            })
+            })?;
+        self.metrics
+            .handshake(HandshakeKind::Full, started.elapsed());
+        Ok(tls)
     }
 }

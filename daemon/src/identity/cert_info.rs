@@ -1,0 +1,67 @@
+//! A certificate summarised for operators: who, issued by whom, which serial, valid until when.
+
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::spiffe_id_of;
+
+/// What `/certs`, the expiry metrics and expiry warnings report about one certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertInfo {
+    /// Subject distinguished name.
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// The SPIFFE ID in the URI SAN, when there is exactly one.
+    pub spiffe_id: Option<String>,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Start of validity, RFC 3339.
+    pub not_before: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+    /// End of validity as a time, for arithmetic.
+    #[serde(skip)]
+    pub expires: SystemTime,
+}
+
+impl CertInfo {
+    /// Summarises `cert`; `None` when it does not parse as X.509.
+    pub fn of(cert: &CertificateDer<'_>) -> Option<Self> {
+        let (_, x509) = X509Certificate::from_der(cert).ok()?;
+        let validity = x509.validity();
+        let not_after = validity.not_after.timestamp();
+        Some(Self {
+            subject: x509.subject().to_string(),
+            issuer: x509.issuer().to_string(),
+            spiffe_id: spiffe_id_of(cert).ok().map(|id| id.to_string()),
+            serial: x509
+                .tbs_certificate
+                .raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            not_before: rfc3339(validity.not_before.timestamp()),
+            not_after: rfc3339(not_after),
+            expires: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(not_after).unwrap_or(0)),
+        })
+    }
+
+    /// The SPIFFE ID if there is one, else the subject: how logs and metrics name it.
+    pub fn name(&self) -> &str {
+        self.spiffe_id.as_deref().unwrap_or(&self.subject)
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}

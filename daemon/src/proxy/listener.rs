@@ -1,0 +1,168 @@
+//! A bound socket and the route it serves; a reload swaps the route without closing the socket.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use super::inbound::Inbound;
+use super::outbound::Outbound;
+use super::{ACCEPT_ERROR_BACKOFF, Drain, Outcome, Refusal, RefuseReason, log_outcome};
+use crate::metrics::{Direction, ListenerMetrics};
+
+/// What a listener does with the connections it accepts.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// mTLS in, plaintext to a local service.
+    Inbound(Arc<Inbound>),
+    /// Plaintext in, mTLS to a remote server.
+    Outbound(Arc<Outbound>),
+}
+
+impl Route {
+    /// The listener's configured name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Inbound(i) => &i.config().name,
+            Self::Outbound(o) => &o.config().name,
+        }
+    }
+
+    /// Inbound or outbound.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Self::Inbound(_) => Direction::Inbound,
+            Self::Outbound(_) => Direction::Outbound,
+        }
+    }
+
+    /// The configured listen address (port 0 means "any free port").
+    pub fn listen(&self) -> SocketAddr {
+        match self {
+            Self::Inbound(i) => i.config().listen,
+            Self::Outbound(o) => o.config().listen,
+        }
+    }
+
+    fn connections(&self) -> &Arc<Semaphore> {
+        match self {
+            Self::Inbound(i) => i.connections(),
+            Self::Outbound(o) => o.connections(),
+        }
+    }
+
+    /// The slots that bound open connections, to share with a route that replaces this one.
+    pub fn connection_slots(&self) -> Arc<Semaphore> {
+        self.connections().clone()
+    }
+
+    /// The configured `max_connections`.
+    pub fn max_connections(&self) -> usize {
+        match self {
+            Self::Inbound(i) => i.config().limits.max_connections,
+            Self::Outbound(o) => o.config().limits.max_connections,
+        }
+    }
+
+    fn metrics(&self) -> &ListenerMetrics {
+        match self {
+            Self::Inbound(i) => i.metrics(),
+            Self::Outbound(o) => o.metrics(),
+        }
+    }
+
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        src: SocketAddr,
+        hard_stop: &CancellationToken,
+    ) -> Outcome {
+        match self {
+            Self::Inbound(i) => i.handle(stream, src, hard_stop).await,
+            Self::Outbound(o) => o.handle(stream, hard_stop).await,
+        }
+    }
+}
+
+/// A listening socket's accept loop and the route its new connections take.
+#[derive(Debug)]
+pub struct Listener {
+    route: RwLock<Route>,
+    stop: CancellationToken,
+}
+
+impl Listener {
+    /// A listener that stops accepting on its own [`Listener::stop`] or when `drain` stops all.
+    pub fn new(route: Route, drain: &Drain) -> Arc<Self> {
+        Arc::new(Self {
+            route: RwLock::new(route),
+            stop: drain.stop_accepting.child_token(),
+        })
+    }
+
+    /// The route new connections take.
+    pub fn route(&self) -> Route {
+        self.route.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends new connections down `route`; connections already accepted keep theirs.
+    pub fn replace(&self, route: Route) {
+        *self.route.write().unwrap_or_else(|e| e.into_inner()) = route;
+    }
+
+    /// Stops accepting; established connections are untouched.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Accepts until stopped, then hands the socket back so a reload can reuse it.
+    ///
+    /// Each connection runs in its own task tracked by `drain`. Its connection
+    /// slot is released as soon as the handler returns (its sockets are closed
+    /// by then), before the closing log line, so a client that reacts to that
+    /// line finds the slot free.
+    pub async fn serve(self: Arc<Self>, socket: TcpListener, drain: Drain) -> TcpListener {
+        loop {
+            let accepted = tokio::select! {
+                () = self.stop.cancelled() => break,
+                accepted = socket.accept() => accepted,
+            };
+            let route = self.route();
+            let (stream, src) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors or buffers: back off instead of spinning.
+                    error!(listener = %route.name(), error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = route.connections().clone().try_acquire_owned() else {
+                let refusal = Refusal::new(
+                    RefuseReason::TooManyConnections,
+                    "listener is at max_connections",
+                );
+                route.metrics().refused(refusal.reason);
+                refusal.log(route.name(), src);
+                continue;
+            };
+            let hard_stop = drain.hard_stop.clone();
+            drain.tracker.spawn(async move {
+                let metrics = route.metrics();
+                metrics.active.inc();
+                let outcome = route.handle(stream, src, &hard_stop).await;
+                drop(permit);
+                metrics.active.dec();
+                match &outcome {
+                    Ok(_) => metrics.forwarded(),
+                    Err(refusal) => metrics.refused(refusal.reason),
+                }
+                log_outcome(&outcome, route.name(), src);
+            });
+        }
+        socket
+    }
+}
