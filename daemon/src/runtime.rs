@@ -448,6 +448,7 @@ impl Daemon {
             }
         }
         for (route, p) in routes.into_iter().zip(plan) {
+            let activated = matches!(p, SocketPlan::Activated);
             let socket = match p {
                 SocketPlan::Keep(i) => {
                     let Some(r) = old[i].take() else { continue };
@@ -474,7 +475,7 @@ impl Daemon {
                 SocketPlan::Fresh(s) => s,
             };
             summary.added.push(route.name().to_owned());
-            self.running.push(self.spawn(route, socket));
+            self.running.push(self.spawn(route, socket, activated));
         }
 
         let listeners = self
@@ -498,18 +499,27 @@ impl Daemon {
         Ok(summary)
     }
 
-    fn spawn(&self, route: Route, socket: TcpListener) -> Running {
+    /// Starts accepting on `socket`; `activated` says it came from systemd.
+    fn spawn(&self, route: Route, socket: TcpListener, activated: bool) -> Running {
         let addr = socket.local_addr().unwrap_or(route.listen());
         match &route {
-            Route::Inbound(i) => {
-                info!(listener = %route.name(), direction = "inbound", addr = %addr,
-                                       forward = %i.config().forward, "listening")
-            }
-            Route::Outbound(o) => {
-                info!(listener = %route.name(), direction = "outbound", addr = %addr,
-                                        connect = %o.config().connect, server_id = %o.config().server_id,
-                                        "listening")
-            }
+            Route::Inbound(i) => info!(
+                listener = %route.name(),
+                direction = "inbound",
+                addr = %addr,
+                forward = %i.config().forward,
+                activated,
+                "listening"
+            ),
+            Route::Outbound(o) => info!(
+                listener = %route.name(),
+                direction = "outbound",
+                addr = %addr,
+                connect = %o.config().connect,
+                server_id = %o.config().server_id,
+                activated,
+                "listening"
+            ),
         }
         let name = route.name().to_owned();
         let direction = route.direction();

@@ -3,7 +3,6 @@
 //! Tests synchronise on the daemon's JSON log events ("ready", "connection refused",
 //! ...) instead of sleeping, and every wait is bounded.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -118,6 +117,33 @@ impl Pki {
     }
 }
 
+/// GETs (or with `body`, PUTs) `path` on the admin endpoint with curl; returns (status, body).
+pub fn admin_request(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+    if let Some(body) = body {
+        curl.args(["-X", "PUT", "--data-binary", body]);
+    }
+    let out = curl
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Writes `toml` to a temporary `.toml` file that lives as long as the returned handle.
 pub fn write_config(toml: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
@@ -145,7 +171,6 @@ struct LogState {
 pub struct Daemon {
     child: Child,
     logs: Arc<(Mutex<LogState>, Condvar)>,
-    addrs: HashMap<String, SocketAddr>,
     _config: tempfile::NamedTempFile,
 }
 
@@ -168,10 +193,20 @@ impl Daemon {
         env: &[(&str, &str)],
         config: tempfile::NamedTempFile,
     ) -> Self {
-        let mut child = Command::new(mtlsd_bin())
+        let mut command = Command::new(mtlsd_bin());
+        command
             .args(["--log-format", "json", "--log", "info"])
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        let daemon = Self::spawn_command(command, config);
+        daemon.wait_for_log("ready", |l| l["message"] == "ready");
+        daemon
+    }
+
+    /// Runs `command` (which must end up running mtlsd with JSON logs on stderr) without
+    /// waiting for anything; for launchers such as `systemd-socket-activate`.
+    pub fn spawn_command(mut command: Command, config: tempfile::NamedTempFile) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -196,20 +231,11 @@ impl Daemon {
             sink.0.lock().unwrap().closed = true;
             sink.1.notify_all();
         });
-        let mut daemon = Self {
+        Self {
             child,
             logs,
-            addrs: HashMap::new(),
             _config: config,
-        };
-        daemon.wait_for_log("ready", |l| l["message"] == "ready");
-        for l in daemon.logs_where(|l| l["message"] == "listening") {
-            let name = l["listener"].as_str().unwrap().to_owned();
-            daemon
-                .addrs
-                .insert(name, l["addr"].as_str().unwrap().parse().unwrap());
         }
-        daemon
     }
 
     /// The daemon's process id.
@@ -217,9 +243,53 @@ impl Daemon {
         self.child.id()
     }
 
-    /// The address listener `name` is bound to.
+    /// The address listener `name` is bound to (its latest "listening" line, so reloads count).
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs[name]
+        self.logs_where(|l| l["message"] == "listening" && l["listener"] == name)
+            .last()
+            .unwrap_or_else(|| panic!("no listener {name:?} has logged \"listening\""))["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// The admin endpoint's address, from its "admin endpoint listening" line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.wait_for_log("admin endpoint", |l| {
+            l["message"] == "admin endpoint listening"
+        })["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// The config file the daemon was started with; rewrite it, then [`Self::reload`].
+    pub fn config_path(&self) -> &Path {
+        self._config.path()
+    }
+
+    /// Sends SIGHUP and waits for the `n`th reload outcome line; returns it.
+    ///
+    /// `n` counts reloads since start (1 for the first), so a test that reloads
+    /// several times waits for each one's own line.
+    pub fn reload(&self, n: usize) -> Value {
+        self.signal("HUP");
+        self.wait_for_logs("reload outcome", n, |l| {
+            l["message"] == "configuration reloaded"
+                || l["message"] == "reload rejected; the previous configuration keeps serving"
+        })
+        .remove(n - 1)
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Every log line so far that satisfies `pred`.
@@ -272,11 +342,7 @@ impl Daemon {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.signal("TERM");
     }
 
     /// Waits (bounded by [`WAIT`]) for the process to exit; its stderr closing is the signal.

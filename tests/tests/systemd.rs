@@ -95,3 +95,54 @@ async fn abstract_notify_sockets_work_and_a_foreign_watchdog_pid_is_ignored() {
     assert!(next_message(&socket).await.starts_with("STOPPING=1\n"));
     assert!(daemon.wait_exit().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_is_framed_by_reloading_and_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let (_pki, daemon) = start_notified(&[("NOTIFY_SOCKET", path.to_str().unwrap())]).await;
+    assert!(next_message(&socket).await.starts_with("READY=1\n"));
+
+    daemon.signal("HUP");
+    assert_eq!(
+        next_message(&socket).await,
+        "RELOADING=1\nSTATUS=reloading configuration"
+    );
+    let ready = next_message(&socket).await;
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving 1 listeners as spiffe://example.org/web"),
+        "{ready:?}"
+    );
+
+    // A broken config still ends the reload with READY=1, and the status says it failed.
+    std::fs::write(daemon.config_path(), "not = [valid").unwrap();
+    daemon.signal("HUP");
+    assert!(next_message(&socket).await.starts_with("RELOADING=1\n"));
+    let ready = next_message(&socket).await;
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert!(ready.contains("last reload failed"), "{ready:?}");
+}
+
+#[test]
+fn systemd_analyze_accepts_the_units() {
+    // verify insists that ExecStart= binaries exist, so point the copies at the one cargo built.
+    let dir = tempfile::tempdir().unwrap();
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    for unit in ["mtlsd.service", "mtlsd.socket"] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        let text = text.replace("/usr/local/bin/mtlsd", mtlsd_bin().to_str().unwrap());
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(["mtlsd.service", "mtlsd.socket"])
+        .current_dir(dir.path())
+        .output()
+        .expect("systemd-analyze (package systemd) is installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // verify exits 0 on some warnings; any line about our units is a finding.
+    let findings: Vec<&str> = stderr.lines().filter(|l| l.contains("mtlsd")).collect();
+    assert!(findings.is_empty(), "{findings:#?}");
+}

@@ -186,11 +186,23 @@ impl Config {
     /// Validates config text; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let loc = Locator { file, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let syntax = |e: toml::de::Error| {
             ConfigError::Invalid(vec![loc.problem(
                 e.span().unwrap_or(0..0),
                 "",
                 e.message().trim(),
+            )])
+        };
+        // serde_path_to_error names the key a type error is about ("inbound[0].listen"),
+        // which toml's own error only locates.
+        let de = toml::Deserializer::parse(text).map_err(syntax)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_path(e.path());
+            let inner = e.into_inner();
+            ConfigError::Invalid(vec![loc.problem(
+                inner.span().unwrap_or(0..0),
+                key,
+                inner.message().trim(),
             )])
         })?;
         let mut v = Validator {
@@ -203,6 +215,28 @@ impl Config {
             _ => Err(ConfigError::Invalid(v.problems)),
         }
     }
+}
+
+/// `inbound[0].name` from a deserializer path, without toml's internal span wrappers.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if k.starts_with("$__serde_spanned") {
+                    continue;
+                }
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    key
 }
 
 /// Writes a duration the way the config file does (`10s`, `500ms`).

@@ -129,7 +129,7 @@ fn unknown_keys_and_missing_sections_are_located() {
     let p = problems(body);
     assert!(
         p[0].starts_with(&format!(
-            "mtlsd.toml:{}:1: unknown field `alow`",
+            "mtlsd.toml:{}:1: inbound[0].alow: unknown field `alow`",
             line_of(body, "alow")
         )),
         "{}",
@@ -169,4 +169,53 @@ fn durations() {
     assert!(parse_duration("").is_err());
     assert!(parse_duration("5").is_err());
     assert!(parse_duration("-5s").is_err());
+}
+
+#[test]
+fn type_errors_name_their_key() {
+    let body = "\n[[inbound]]\nname = 5\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\n";
+    let p = problems(body);
+    assert_eq!(
+        p[0],
+        format!(
+            "mtlsd.toml:{}:8: inbound[0].name: invalid type: integer `5`, expected a string",
+            line_of(body, "name = 5")
+        )
+    );
+}
+
+#[test]
+fn the_admin_endpoint_only_listens_on_loopback() {
+    let listener = "\n[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\nallow = [\"spiffe://example.org\"]\n";
+    let ok = parse(&format!("[admin]\nlisten = \"[::1]:9901\"\n{listener}")).unwrap();
+    assert_eq!(ok.admin.unwrap().listen, "[::1]:9901".parse().unwrap());
+    let body = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{listener}");
+    let p = problems(&body);
+    assert!(
+        p[0].starts_with(&format!(
+            "mtlsd.toml:{}:10: admin.listen: 0.0.0.0:9901 is not a loopback address",
+            line_of(&body, "0.0.0.0:9901")
+        )),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn the_config_in_effect_serializes_with_defaults_and_without_key_queries() {
+    let mut config = parse(
+        "\n[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"unix:/run/api.sock\"\nallow = [\"spiffe://example.org/a/*\"]\n",
+    )
+    .unwrap();
+    config.identity.key = KeyRef::parse("pkcs11:token=t;object=k?pin-value=1234");
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(json["identity"]["key"], "pkcs11:token=t;object=k");
+    assert_eq!(json["inbound"][0]["forward"], "unix:/run/api.sock");
+    assert_eq!(
+        json["inbound"][0]["policy"]["allow"][0],
+        "spiffe://example.org/a/*"
+    );
+    assert_eq!(json["inbound"][0]["limits"]["idle_timeout"], "1h");
+    assert_eq!(json["shutdown_grace"], "30s");
+    assert!(!json.to_string().contains("1234"));
 }
