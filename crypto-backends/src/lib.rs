@@ -14,6 +14,7 @@
 
 mod error;
 mod key_ref;
+mod secret_file;
 pub mod software;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 pub use error::Error;
 pub use key_ref::KeyRef;
+pub use secret_file::read_secret_file;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::SigningKey;
 

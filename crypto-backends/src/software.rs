@@ -4,9 +4,6 @@
 //! to X25519, P-256 and P-384; TLS 1.2 suites are the aws-lc-rs set, which is
 //! ECDHE with AEAD only.
 
-use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,7 +13,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use zeroize::Zeroizing;
 
-use crate::{Backend, Error, KeyRef};
+use crate::{Backend, Error, KeyRef, read_secret_file};
 
 /// Keys held in memory, used through aws-lc-rs.
 #[derive(Debug)]
@@ -92,23 +89,7 @@ impl SecretDer {
 
 /// Reads the first private key from a PEM file, refusing files other users can reach.
 fn read_private_key_file(path: &Path) -> Result<SecretDer, Error> {
-    let io_err = |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = fs::File::open(path).map_err(io_err)?;
-    let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o7777;
-    // World access of any kind, or a group that may rewrite the key, is refused;
-    // group read stays allowed for the Debian `ssl-cert` convention.
-    if mode & 0o027 != 0 {
-        return Err(Error::LoosePermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let mut pem = Zeroizing::new(Vec::new());
-    file.read_to_end(&mut pem).map_err(io_err)?;
-
+    let pem = read_secret_file(path)?;
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
         let Ok((kind, der)) = section else { break };
         let der = Zeroizing::new(der);
@@ -126,7 +107,8 @@ fn read_private_key_file(path: &Path) -> Result<SecretDer, Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::fs;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
     use super::*;
 
