@@ -2,6 +2,9 @@
 //!
 //! The in-memory handshake is the floor the daemon's per-handshake CPU is
 //! compared with: same provider, same certificates, same verifiers, no sockets.
+//! Full and resumed (TLS 1.3 ticket) handshakes are measured with ECDSA P-256
+//! certificates; resumption skips the certificate signature and chain
+//! verification but still does a key exchange.
 
 #![allow(missing_docs)]
 
@@ -13,7 +16,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::identity::{SpiffeId, Svid, load_bundle};
 use mtlsd::policy::{Peer, Policy};
-use mtlsd::tls::TlsIdentity;
+use mtlsd::tls::tickets::{KeySource, Ticketer};
+use mtlsd::tls::{ServerResumption, TlsIdentity};
 use mtlsd_crypto::{Backend, KeyRef, software::Software};
 use rustls::{ClientConnection, ServerConnection};
 use rustls_pki_types::ServerName;
@@ -33,8 +37,11 @@ fn identity(ca: &Authority, dir: &std::path::Path, id: &str, backend: &Software)
     }
 }
 
-/// Runs one full handshake between in-memory client and server connections.
-fn handshake(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) {
+/// Runs one handshake between in-memory client and server connections; returns its kind.
+fn handshake(
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
     let mut c =
         ClientConnection::new(client.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
     let mut s = ServerConnection::new(server.clone()).unwrap();
@@ -53,7 +60,16 @@ fn handshake(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConf
         c.read_tls(&mut buf.as_slice()).unwrap();
         c.process_new_packets().unwrap();
     }
+    // Session tickets follow the handshake; the client must read them to resume next time.
+    buf.clear();
+    while s.wants_write() {
+        s.write_tls(&mut buf).unwrap();
+    }
+    c.read_tls(&mut buf.as_slice()).unwrap();
+    c.process_new_packets().unwrap();
+    let kind = c.handshake_kind();
     black_box((c, s));
+    kind
 }
 
 fn benches(c: &mut Criterion) {
@@ -63,8 +79,8 @@ fn benches(c: &mut Criterion) {
     let backend = Software::new();
     let server_id = identity(&ca, &dir, "spiffe://bench.example/server", &backend);
     let client_id = identity(&ca, &dir, "spiffe://bench.example/client", &backend);
-    let server = server_id.server_config().unwrap();
-    let client = client_id.client_config(&server_id.svid.id).unwrap();
+    let server = server_id.server_config(&ServerResumption::Off).unwrap();
+    let client = client_id.client_config(&server_id.svid.id, false).unwrap();
 
     c.bench_function(
         "full mTLS handshake, in memory (X25519MLKEM768, P-256)",
@@ -77,11 +93,36 @@ fn benches(c: &mut Criterion) {
         provider: Arc::new(provider),
         ..client_id.clone()
     }
-    .client_config(&server_id.svid.id)
+    .client_config(&server_id.svid.id, false)
     .unwrap();
     c.bench_function("full mTLS handshake, in memory (X25519, P-256)", |b| {
         b.iter(|| handshake(&server, &classic))
     });
+
+    let ticketer = Arc::new(
+        Ticketer::new(
+            KeySource::Generated {
+                rotation: Duration::from_secs(3600),
+            },
+            server_id.trust_context(),
+            Duration::from_secs(3600),
+        )
+        .unwrap(),
+    );
+    let resuming_server = server_id
+        .server_config(&ServerResumption::Tickets(ticketer))
+        .unwrap();
+    let resuming_client = client_id.client_config(&server_id.svid.id, true).unwrap();
+    handshake(&resuming_server, &resuming_client);
+    assert_eq!(
+        handshake(&resuming_server, &resuming_client),
+        Some(rustls::HandshakeKind::Resumed),
+        "the resumed bench must measure resumption"
+    );
+    c.bench_function(
+        "resumed mTLS handshake (ticket), in memory (X25519MLKEM768, P-256)",
+        |b| b.iter(|| handshake(&resuming_server, &resuming_client)),
+    );
 
     let policy = Policy {
         allow: (0..50)

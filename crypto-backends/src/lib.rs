@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 pub use error::Error;
 pub use key_ref::KeyRef;
-pub use secret_file::read_secret_file;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::SigningKey;
+pub use secret_file::read_secret_file;
 
 /// A source of TLS primitives and private-key operations.
 pub trait Backend: Send + Sync + fmt::Debug {

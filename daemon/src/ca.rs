@@ -12,8 +12,7 @@
 //! TLS client and server certificates, backdated a few minutes for clock skew.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -285,23 +284,8 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
     write_atomic(path, contents, 0o600)
 }
 
-/// Writes a sibling temp file with `mode` from the start, then renames it over `path`.
 fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_at(path))
+    crate::files::write_atomic(path, contents.as_bytes(), mode).map_err(io_at(path))
 }
 
 #[cfg(test)]

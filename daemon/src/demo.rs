@@ -20,7 +20,7 @@ use tracing::{debug, info};
 use crate::ca::{Authority, CaError, LeafSpec};
 use crate::config::{
     AdminConfig, BackendKind, Config, CryptoConfig, IdentityConfig, InboundConfig, Limits, Mode,
-    OutboundConfig, Upstream,
+    OutboundConfig, ResumptionConfig, SessionResumption, Upstream,
 };
 use crate::identity::SpiffeId;
 use crate::policy::{Policy, Principal};
@@ -115,6 +115,8 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
                 deny: vec![],
             },
             proxy_protocol: true,
+            resumption: SessionResumption::Tickets,
+            early_data: 0,
             limits: Limits::default(),
         }],
         outbound: vec![OutboundConfig {
@@ -122,12 +124,14 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
             listen: OUTBOUND_ADDR.parse().expect("valid address"),
             connect: INBOUND_ADDR.into(),
             server_id: daemon_id,
+            resumption: true,
             limits: Limits::default(),
         }],
         shutdown_grace: Duration::from_secs(5),
         admin: Some(AdminConfig {
             listen: ADMIN_ADDR.parse().expect("valid address"),
         }),
+        resumption: ResumptionConfig::default(),
     };
     Ok((config, files))
 }

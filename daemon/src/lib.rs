@@ -10,6 +10,7 @@ pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod demo;
+pub mod files;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -13,6 +13,7 @@ use mtlsd::config::{Config, parse_duration};
 use mtlsd::identity::SpiffeId;
 use mtlsd::metrics::Metrics;
 use mtlsd::runtime::{Daemon, backend_for, load_identity};
+use mtlsd::tls::tickets;
 use mtlsd::{demo, systemd};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,22 @@ enum Command {
     /// Operate a small certificate authority for a trust domain.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Manage a session-ticket key file shared by several instances.
+    #[command(subcommand)]
+    TicketKeys(TicketKeysCommand),
+}
+
+#[derive(Subcommand)]
+enum TicketKeysCommand {
+    /// Put a new encrypting key first and keep the newest `--keep` keys (creates the file if missing).
+    Rotate {
+        /// The key file (`resumption.ticket_key_file`).
+        #[arg(long)]
+        file: PathBuf,
+        /// Keys kept, the new one included: tickets live until their key is dropped.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        keep: u16,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +188,9 @@ fn dispatch(command: Command, log: Arc<LogFilter>) -> Result<()> {
         Command::Run { config, state_dir } => runtime()?.block_on(run(config, state_dir, log)),
         Command::Check { config } => check(&config),
         Command::Ca(ca) => run_ca(ca),
+        Command::TicketKeys(TicketKeysCommand::Rotate { file, keep }) => {
+            rotate_ticket_keys(&file, keep.into())
+        }
     }
 }
 
@@ -325,6 +345,39 @@ fn check(path: &std::path::Path) -> Result<()> {
         outbound = config.outbound.len(),
         "config is valid"
     );
+    Ok(())
+}
+
+fn rotate_ticket_keys(file: &std::path::Path, keep: usize) -> Result<()> {
+    let old = match mtlsd_crypto::read_secret_file(file) {
+        Ok(bytes) => zeroize::Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(mtlsd_crypto::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            zeroize::Zeroizing::new(String::new())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let new_key = tickets::new_key_line();
+    let mut out = zeroize::Zeroizing::new(String::from(
+        "# mtlsd session ticket keys: the first encrypts, all decrypt\n",
+    ));
+    out.push_str(&new_key);
+    out.push('\n');
+    let kept = old
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .take(keep - 1);
+    let mut count = 1;
+    for line in kept {
+        out.push_str(line);
+        out.push('\n');
+        count += 1;
+    }
+    mtlsd::files::write_atomic(file, out.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", file.display()))?;
+    info!(file = %file.display(), keys = count, "ticket keys rotated; instances pick them up within a second");
     Ok(())
 }
 

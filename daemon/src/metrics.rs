@@ -135,6 +135,7 @@ pub struct Metrics {
     cert_expiry: Family<CertLabels, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
     last_reload: Gauge,
+    early_data_bytes: Family<ListenerLabels, Counter>,
     /// Certificates currently exported, so a rotated one's series can be removed.
     exported_certs: Mutex<Vec<CertLabels>>,
 }
@@ -156,6 +157,7 @@ impl Metrics {
             cert_expiry: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
+            early_data_bytes: Family::default(),
             exported_certs: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
@@ -215,6 +217,11 @@ impl Metrics {
             m.cert_expiry.clone(),
         );
         registry.register(
+            "early_data_bytes",
+            "Bytes accepted as TLS 1.3 early data (0-RTT) and forwarded after authorization",
+            m.early_data_bytes.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads, by result (success, failure)",
             m.reloads.clone(),
@@ -248,6 +255,7 @@ impl Metrics {
             from_peer: self.bytes.get_or_create_owned(&flow("from_peer")),
             to_peer: self.bytes.get_or_create_owned(&flow("to_peer")),
             handshake_seconds: self.handshake_seconds.get_or_create_owned(&labels),
+            early_data_bytes: self.early_data_bytes.get_or_create_owned(&labels),
             labels,
             families: FamilyHandles {
                 connections: self.connections.clone(),
@@ -341,6 +349,7 @@ pub struct ListenerMetrics {
     /// Bytes sent to the peer.
     pub to_peer: Counter,
     handshake_seconds: Histogram,
+    early_data_bytes: Counter,
     families: FamilyHandles,
 }
 
@@ -389,6 +398,11 @@ impl ListenerMetrics {
             })
             .inc();
         self.handshake_seconds.observe(took.as_secs_f64());
+    }
+
+    /// `bytes` of early data were accepted.
+    pub fn early_data(&self, bytes: usize) {
+        self.early_data_bytes.inc_by(bytes as u64);
     }
 
     /// The policy decided `decision` (`allow`, `deny`, `no_match`) by `rule`.

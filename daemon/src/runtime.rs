@@ -19,14 +19,19 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{BackendKind, Config, IdentityConfig, InboundConfig, OutboundConfig};
+use rustls::server::ServerSessionMemoryCache;
+
+use crate::config::{
+    BackendKind, Config, IdentityConfig, InboundConfig, OutboundConfig, SessionResumption,
+};
 use crate::identity::{CertInfo, IdentityError, SpiffeId, Svid, load_bundle};
 use crate::metrics::{CertExpiry, Direction, Metrics};
 use crate::proxy::Drain;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::listener::{Listener, Route};
 use crate::proxy::outbound::Outbound;
-use crate::tls::TlsIdentity;
+use crate::tls::tickets::{KeySource, TicketKeyError, Ticketer};
+use crate::tls::{ServerResumption, TlsIdentity};
 
 /// How long connections still open after the grace period get to log their close line.
 const HARD_STOP_LINGER: Duration = Duration::from_secs(1);
@@ -55,6 +60,9 @@ pub enum StartError {
         #[source]
         source: rustls::Error,
     },
+    /// The session ticket keys could not be loaded.
+    #[error("resumption.ticket_key_file: {0}")]
+    TicketKeys(#[source] TicketKeyError),
     /// A listener could not bind its address.
     #[error("listener {listener}: cannot listen on {addr}: {source}")]
     Bind {
@@ -211,6 +219,7 @@ impl ListenerConfig {
     fn route(
         self,
         tls: &TlsIdentity,
+        resumption: &ServerResumption,
         metrics: &Metrics,
         slots: Option<Arc<Semaphore>>,
     ) -> Result<Route, StartError> {
@@ -222,7 +231,7 @@ impl ListenerConfig {
         };
         Ok(match self {
             Self::Inbound(c) => {
-                let route = Inbound::new(c, tls, listener_metrics).map_err(tls_err)?;
+                let route = Inbound::new(c, tls, resumption, listener_metrics).map_err(tls_err)?;
                 Route::Inbound(Arc::new(match slots {
                     Some(s) => route.with_connection_slots(s),
                     None => route,
@@ -286,7 +295,103 @@ pub struct Daemon {
     running: Vec<Running>,
     /// Sockets systemd passed, by name, not yet claimed by a listener.
     activated: HashMap<String, TcpListener>,
+    /// Ticket keys and session caches, kept across reloads while the trust configuration holds.
+    resumption: ResumptionState,
     grace: Duration,
+}
+
+/// Resumption state that must outlive a reload, or every returning client would do a full handshake.
+#[derive(Debug, Default)]
+struct ResumptionState {
+    /// The ticketer in use, with the source and trust context it was made for.
+    ticketer: Option<(KeySource, [u8; 32], Arc<Ticketer>)>,
+    /// Per listener: its session cache and the trust context and size it was made for.
+    caches: HashMap<String, ([u8; 32], usize, Arc<ServerSessionMemoryCache>)>,
+}
+
+/// What a reload plans for resumption: per listener, and the state to keep if it commits.
+struct PlannedResumption {
+    servers: HashMap<String, ServerResumption>,
+    state: ResumptionState,
+}
+
+impl PlannedResumption {
+    fn get(&self, listener: &str) -> Option<&ServerResumption> {
+        self.servers.get(listener)
+    }
+}
+
+impl ResumptionState {
+    /// Reuses what still fits the new trust configuration; makes the rest. Changes nothing yet.
+    fn prepare(
+        &self,
+        config: &Config,
+        tls: &TlsIdentity,
+        wanted: &[ListenerConfig],
+    ) -> Result<PlannedResumption, StartError> {
+        let context = tls.trust_context();
+        let r = &config.resumption;
+        let source = match &r.ticket_key_file {
+            Some(path) => KeySource::File(path.clone()),
+            None => KeySource::Generated {
+                rotation: r.ticket_rotation,
+            },
+        };
+        let mut state = ResumptionState::default();
+        let mut servers = HashMap::new();
+        for w in wanted {
+            let ListenerConfig::Inbound(c) = w else {
+                continue;
+            };
+            let server = match c.resumption {
+                SessionResumption::Off => ServerResumption::Off,
+                SessionResumption::Tickets => {
+                    if state.ticketer.is_none() {
+                        let reused = self
+                            .ticketer
+                            .as_ref()
+                            .filter(|(s, ctx, _)| *s == source && *ctx == context)
+                            .map(|(_, _, t)| t.clone());
+                        let ticketer = match reused {
+                            Some(t) => {
+                                t.reload();
+                                t
+                            }
+                            None => Arc::new(
+                                Ticketer::new(source.clone(), context, r.ticket_rotation)
+                                    .map_err(StartError::TicketKeys)?,
+                            ),
+                        };
+                        state.ticketer = Some((source.clone(), context, ticketer));
+                    }
+                    let (_, _, t) = state.ticketer.as_ref().expect("set above");
+                    ServerResumption::Tickets(t.clone())
+                }
+                SessionResumption::Cache => {
+                    let cache = self
+                        .caches
+                        .get(&c.name)
+                        .filter(|(ctx, size, _)| *ctx == context && *size == r.session_cache_size)
+                        .map(|(_, _, cache)| cache.clone())
+                        .unwrap_or_else(|| ServerSessionMemoryCache::new(r.session_cache_size));
+                    state.caches.insert(
+                        c.name.clone(),
+                        (context, r.session_cache_size, cache.clone()),
+                    );
+                    ServerResumption::Cache {
+                        cache,
+                        early_data: c.early_data,
+                    }
+                }
+            };
+            servers.insert(c.name.clone(), server);
+        }
+        Ok(PlannedResumption { servers, state })
+    }
+
+    fn commit(&mut self, planned: PlannedResumption) {
+        *self = planned.state;
+    }
 }
 
 impl Daemon {
@@ -323,6 +428,7 @@ impl Daemon {
             metrics,
             running: Vec::new(),
             activated: sockets,
+            resumption: ResumptionState::default(),
             grace: config.shutdown_grace,
         };
         daemon.apply(config, tls, backend).await?;
@@ -401,6 +507,7 @@ impl Daemon {
         }
         let plan: Vec<SocketPlan> = plan.into_iter().flatten().collect();
 
+        let resumption = self.resumption.prepare(&config, &tls, &wanted)?;
         let mut routes = Vec::with_capacity(wanted.len());
         for (w, p) in wanted.into_iter().zip(&plan) {
             // Unchanged limits keep the running listener's connection slots, so
@@ -411,10 +518,15 @@ impl Daemon {
                 }
                 _ => None,
             };
-            routes.push(w.route(&tls, &self.metrics, slots)?);
+            let server = resumption
+                .get(w.name())
+                .cloned()
+                .unwrap_or(ServerResumption::Off);
+            routes.push(w.route(&tls, &server, &self.metrics, slots)?);
         }
 
         // Commit: nothing below can fail the reload.
+        self.resumption.commit(resumption);
         let mut summary = ReloadSummary::default();
         let mut old: Vec<Option<Running>> = std::mem::take(&mut self.running)
             .into_iter()

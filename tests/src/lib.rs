@@ -77,7 +77,12 @@ impl Pki {
 
     /// A one-hour SVID for `id` (also valid for DNS `localhost`, for curl).
     pub fn issue(&self, id: &str) -> CertFiles {
-        let mut spec = LeafSpec::new(id.parse().unwrap(), Duration::from_secs(3600));
+        self.issue_for(id, Duration::from_secs(3600))
+    }
+
+    /// Issues an SVID for `id` valid for `ttl` from now.
+    pub fn issue_for(&self, id: &str, ttl: Duration) -> CertFiles {
+        let mut spec = LeafSpec::new(id.parse().unwrap(), ttl);
         spec.dns_names.push("localhost".into());
         self.write(&id.replace(['/', ':'], "_"), &self.ca.issue(&spec).unwrap())
     }

@@ -40,6 +40,42 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The loopback admin endpoint, if enabled.
     pub admin: Option<AdminConfig>,
+    /// Session-ticket keys and the session cache, shared by inbound listeners.
+    pub resumption: ResumptionConfig,
+}
+
+/// How inbound listeners resume TLS sessions; see [`SessionResumption`] for the per-listener choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResumptionConfig {
+    /// Ticket keys shared with other instances; `None` generates and rotates keys in memory.
+    pub ticket_key_file: Option<PathBuf>,
+    /// How long a generated ticket key encrypts new tickets (the previous one still decrypts).
+    #[serde(serialize_with = "as_duration")]
+    pub ticket_rotation: Duration,
+    /// Sessions kept per listener with `resumption = "cache"`.
+    pub session_cache_size: usize,
+}
+
+impl Default for ResumptionConfig {
+    fn default() -> Self {
+        Self {
+            ticket_key_file: None,
+            ticket_rotation: Duration::from_secs(3600),
+            session_cache_size: 10_000,
+        }
+    }
+}
+
+/// How one inbound listener lets clients resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionResumption {
+    /// Every connection does a full handshake.
+    Off,
+    /// Stateless tickets under rotating keys (the default).
+    Tickets,
+    /// Single-use sessions in a bounded server-side cache; required for 0-RTT.
+    Cache,
 }
 
 /// The admin endpoint: health, readiness, certificates, config, metrics and log level.
@@ -153,6 +189,10 @@ pub struct InboundConfig {
     pub policy: Policy,
     /// Send a PROXY protocol v2 header with the peer's identity to the upstream.
     pub proxy_protocol: bool,
+    /// Session resumption for returning clients.
+    pub resumption: SessionResumption,
+    /// Most 0-RTT bytes accepted from a resuming client; 0 turns early data off.
+    pub early_data: u32,
     /// Resource limits.
     pub limits: Limits,
 }
@@ -169,6 +209,8 @@ pub struct OutboundConfig {
     /// The SPIFFE ID the remote server must present.
     #[serde(serialize_with = "as_display")]
     pub server_id: SpiffeId,
+    /// Keep sessions so reconnects to this remote resume.
+    pub resumption: bool,
     /// Resource limits.
     pub limits: Limits,
 }
@@ -238,6 +280,9 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     }
     key
 }
+
+/// The largest `early_data` a listener may accept (bytes).
+pub const MAX_EARLY_DATA: u32 = 64 * 1024;
 
 /// Writes a duration the way the config file does (`10s`, `500ms`).
 pub fn format_duration(d: Duration) -> String {
@@ -376,6 +421,8 @@ impl Validator<'_> {
             Some(a) => self.admin(a.get_ref()).map(Some),
         };
 
+        let resumption = self.resumption(&raw.resumption);
+
         Some(Config {
             identity: identity?,
             crypto: crypto?,
@@ -383,7 +430,51 @@ impl Validator<'_> {
             outbound,
             shutdown_grace: shutdown_grace?,
             admin: admin?,
+            resumption: resumption?,
         })
+    }
+
+    fn resumption(&mut self, raw: &raw::RawResumption) -> Option<ResumptionConfig> {
+        let mut out = ResumptionConfig::default();
+        let mut ok = true;
+        if let Some(f) = &raw.ticket_key_file {
+            match self.check(f, "resumption.ticket_key_file", |p| {
+                if p.is_empty() {
+                    Err("must not be empty")
+                } else {
+                    Ok(PathBuf::from(p))
+                }
+            }) {
+                Some(p) => out.ticket_key_file = Some(p),
+                None => ok = false,
+            }
+        }
+        if let Some(r) = &raw.ticket_rotation {
+            match self.check(r, "resumption.ticket_rotation", |s| {
+                parse_duration(s).and_then(|d| {
+                    if d < Duration::from_secs(1) {
+                        Err("must be at least 1s".into())
+                    } else {
+                        Ok(d)
+                    }
+                })
+            }) {
+                Some(d) => out.ticket_rotation = d,
+                None => ok = false,
+            }
+        }
+        if let Some(n) = &raw.session_cache_size {
+            match self.check(n, "resumption.session_cache_size", |n| {
+                usize::try_from(*n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("must be a positive integer")
+            }) {
+                Some(n) => out.session_cache_size = n,
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     fn admin(&mut self, raw: &raw::RawAdmin) -> Option<AdminConfig> {
@@ -581,6 +672,38 @@ impl Validator<'_> {
             );
         }
         let limits = self.limits(&raw.limits, defaults, &format!("{key}.limits"));
+        let resumption = match &raw.resumption {
+            None => Some(SessionResumption::Tickets),
+            Some(r) => self.check(r, &format!("{key}.resumption"), |r| match r.as_str() {
+                "off" => Ok(SessionResumption::Off),
+                "tickets" => Ok(SessionResumption::Tickets),
+                "cache" => Ok(SessionResumption::Cache),
+                other => Err(format!(
+                    "unknown resumption {other:?}; expected \"tickets\", \"cache\" or \"off\""
+                )),
+            }),
+        };
+        let early_data = match &raw.early_data {
+            None => Some(0),
+            Some(n) => self.check(n, &format!("{key}.early_data"), |n| {
+                u32::try_from(*n)
+                    .ok()
+                    .filter(|n| *n <= MAX_EARLY_DATA)
+                    .ok_or(format!(
+                        "must be between 0 (off) and {MAX_EARLY_DATA} bytes"
+                    ))
+            }),
+        };
+        if let (Some(n), Some(r), Some(at)) = (early_data, resumption, &raw.early_data) {
+            if n > 0 && r != SessionResumption::Cache {
+                self.report(
+                    at,
+                    &format!("{key}.early_data"),
+                    "0-RTT needs resumption = \"cache\": single-use server-side sessions are what \
+                     stops a replayed ClientHello from delivering its early data twice",
+                );
+            }
+        }
         Some(InboundConfig {
             name: raw.name.get_ref().clone(),
             listen: listen?,
@@ -588,6 +711,8 @@ impl Validator<'_> {
             mode: mode?,
             policy,
             proxy_protocol: raw.proxy_protocol,
+            resumption: resumption?,
+            early_data: early_data?,
             limits: limits?,
         })
     }
@@ -611,6 +736,7 @@ impl Validator<'_> {
             listen: listen?,
             connect: connect?,
             server_id: server_id?,
+            resumption: raw.resumption.unwrap_or(true),
             limits: limits?,
         })
     }

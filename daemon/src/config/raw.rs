@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     pub shutdown: RawShutdown,
     pub admin: Option<S<RawAdmin>>,
     #[serde(default)]
+    pub resumption: RawResumption,
+    #[serde(default)]
     pub inbound: Vec<S<RawInbound>>,
     #[serde(default)]
     pub outbound: Vec<S<RawOutbound>>,
@@ -48,6 +50,14 @@ pub(super) struct RawLimits {
     pub connect_timeout: Option<S<String>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResumption {
+    pub ticket_key_file: Option<S<String>>,
+    pub ticket_rotation: Option<S<String>>,
+    pub session_cache_size: Option<S<i64>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
@@ -73,6 +83,8 @@ pub(super) struct RawInbound {
     pub deny: Vec<S<String>>,
     #[serde(default)]
     pub proxy_protocol: bool,
+    pub resumption: Option<S<String>>,
+    pub early_data: Option<S<i64>>,
     #[serde(default)]
     pub limits: RawLimits,
 }
@@ -84,6 +96,7 @@ pub(super) struct RawOutbound {
     pub listen: S<String>,
     pub connect: S<String>,
     pub server_id: S<String>,
+    pub resumption: Option<bool>,
     #[serde(default)]
     pub limits: RawLimits,
 }

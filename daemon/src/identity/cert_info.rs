@@ -65,3 +65,52 @@ fn rfc3339(unix: i64) -> String {
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_else(|| unix.to_string())
 }
+
+/// Why a certificate chain is not valid at this moment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidityError {
+    /// A certificate's notAfter has passed.
+    #[error("certificate {subject} expired at {not_after}")]
+    Expired {
+        /// Its subject.
+        subject: String,
+        /// When it expired.
+        not_after: String,
+    },
+    /// A certificate's notBefore is still ahead.
+    #[error("certificate {subject} is not valid before {not_before}")]
+    NotYetValid {
+        /// Its subject.
+        subject: String,
+        /// When it becomes valid.
+        not_before: String,
+    },
+    /// A certificate does not parse.
+    #[error("certificate does not parse as X.509")]
+    Malformed,
+}
+
+/// Checks that every certificate of `chain` is within its validity period now.
+///
+/// A resumed session skips certificate verification, so this is what keeps a
+/// ticket from outliving the certificate it was issued for.
+pub fn check_validity(chain: &[CertificateDer<'_>]) -> Result<(), ValidityError> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    for cert in chain {
+        let (_, x509) = X509Certificate::from_der(cert).map_err(|_| ValidityError::Malformed)?;
+        let validity = x509.validity();
+        if now > validity.not_after.timestamp() {
+            return Err(ValidityError::Expired {
+                subject: x509.subject().to_string(),
+                not_after: rfc3339(validity.not_after.timestamp()),
+            });
+        }
+        if now < validity.not_before.timestamp() {
+            return Err(ValidityError::NotYetValid {
+                subject: x509.subject().to_string(),
+                not_before: rfc3339(validity.not_before.timestamp()),
+            });
+        }
+    }
+    Ok(())
+}

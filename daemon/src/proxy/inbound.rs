@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use super::forward::{Forwarded, splice};
 use super::{Closed, Outcome, Refusal, RefuseReason, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
-use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::identity::{SpiffeId, ValidityError, check_validity, spiffe_id_of};
 use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::policy::{Decision, Peer, UNAUTHENTICATED};
-use crate::tls::TlsIdentity;
+use crate::tls::{ServerResumption, TlsIdentity};
 
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -43,6 +43,9 @@ enum Admitted {
         stream: Box<TlsStream<TcpStream>>,
         id: SpiffeId,
         rule: String,
+        /// Bytes the peer sent as 0-RTT early data, held until it was authorized.
+        early: Vec<u8>,
+        kind: HandshakeKind,
     },
     Plaintext {
         stream: TcpStream,
@@ -63,10 +66,11 @@ impl Inbound {
     pub fn new(
         config: InboundConfig,
         tls: &TlsIdentity,
+        resumption: &ServerResumption,
         metrics: ListenerMetrics,
     ) -> Result<Self, rustls::Error> {
         Ok(Self {
-            acceptor: TlsAcceptor::from(tls.server_config()?),
+            acceptor: TlsAcceptor::from(tls.server_config(resumption)?),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Semaphore::new(config.limits.max_handshakes),
             metrics,
@@ -114,9 +118,11 @@ impl Inbound {
                     "no authorized peer within handshake_timeout",
                 )
             })??;
-        let (peer_id, rule) = match &admitted {
-            Admitted::Tls { id, rule, .. } => (id.as_str().to_owned(), rule.clone()),
-            Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone()),
+        let (peer_id, rule, handshake) = match &admitted {
+            Admitted::Tls { id, rule, kind, .. } => {
+                (id.as_str().to_owned(), rule.clone(), Some(*kind))
+            }
+            Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone(), None),
         };
         let forwarded = match self.connect_upstream().await {
             Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, hard_stop).await,
@@ -132,6 +138,7 @@ impl Inbound {
         Ok(Closed {
             peer_id,
             rule: Some(rule),
+            handshake,
             upstream: self.config.forward.to_string(),
             forwarded,
             duration: started.elapsed(),
@@ -152,16 +159,31 @@ impl Inbound {
         }
 
         let started = Instant::now();
-        let tls = self
+        let mut tls = self
             .acceptor
             .accept(stream)
             .await
             .map_err(|e| Refusal::new(RefuseReason::of_handshake(&e), e.to_string()))?;
-        self.metrics
-            .handshake(HandshakeKind::Full, started.elapsed());
+        let conn = tls.get_mut().1;
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let mut early = Vec::new();
+        if let Some(mut reader) = conn.early_data() {
+            // Bounded by the listener's early_data limit, which rustls enforced on receipt.
+            let _ = std::io::Read::read_to_end(&mut reader, &mut early);
+        }
+        let kind = match (resumed, early.is_empty()) {
+            (false, _) => HandshakeKind::Full,
+            (true, true) => HandshakeKind::Resumed,
+            (true, false) => HandshakeKind::EarlyData,
+        };
+        self.metrics.handshake(kind, started.elapsed());
+        if !early.is_empty() {
+            self.metrics.early_data(early.len());
+        }
         // The verifier already insisted on exactly one SPIFFE ID in our trust domain.
-        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-        let id = leaf
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let id = chain
+            .first()
             .ok_or_else(|| {
                 Refusal::new(RefuseReason::NoClientCert, "no certificate after handshake")
             })
@@ -169,6 +191,17 @@ impl Inbound {
                 spiffe_id_of(cert)
                     .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
             })?;
+        if resumed {
+            // A resumed session skipped verification: its certificates must still be valid now.
+            check_validity(chain).map_err(|e| {
+                let reason = match e {
+                    ValidityError::Expired { .. } => RefuseReason::CertExpired,
+                    ValidityError::NotYetValid { .. } => RefuseReason::CertNotYetValid,
+                    ValidityError::Malformed => RefuseReason::BadCertificate,
+                };
+                Refusal::new(reason, format!("resumed session: {e}")).with_peer(id.as_str())
+            })?;
+        }
         let rule = self
             .authorize(Peer::Spiffe(&id))
             .map_err(|r| r.with_peer(id.as_str()))?;
@@ -176,6 +209,8 @@ impl Inbound {
             stream: Box::new(tls),
             id,
             rule,
+            early,
+            kind,
         })
     }
 
@@ -233,7 +268,9 @@ impl Inbound {
     {
         let idle = self.config.limits.idle_timeout;
         match admitted {
-            Admitted::Tls { stream, id, .. } => {
+            Admitted::Tls {
+                stream, id, early, ..
+            } => {
                 if self.config.proxy_protocol {
                     let version = match stream.get_ref().1.protocol_version() {
                         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -242,6 +279,7 @@ impl Inbound {
                     let tls = proxy_protocol::TlsInfo {
                         spiffe_id: &id,
                         version,
+                        early_data: u32::try_from(early.len()).unwrap_or(u32::MAX),
                     };
                     if let Err(e) = upstream
                         .write_all(&proxy_protocol::encode(src, local, Some(tls)))
@@ -250,7 +288,16 @@ impl Inbound {
                         return Forwarded::failed(e);
                     }
                 }
-                splice(stream, upstream, idle, hard_stop, &self.metrics).await
+                if !early.is_empty() {
+                    // Authorized by now: the early bytes go first, exactly once.
+                    if let Err(e) = upstream.write_all(&early).await {
+                        return Forwarded::failed(e);
+                    }
+                    self.metrics.from_peer.inc_by(early.len() as u64);
+                }
+                let mut forwarded = splice(stream, upstream, idle, hard_stop, &self.metrics).await;
+                forwarded.from_peer += early.len() as u64;
+                forwarded
             }
             Admitted::Plaintext { stream, .. } => {
                 if self.config.proxy_protocol {

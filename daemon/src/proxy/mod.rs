@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use self::forward::Forwarded;
 use crate::identity::SvidError;
+use crate::metrics::HandshakeKind;
 
 /// The tracing target of the per-connection access log lines, so they can be filtered or routed alone.
 pub const ACCESS_LOG: &str = "mtlsd::access";
@@ -182,6 +183,8 @@ pub struct Closed {
     pub peer_id: String,
     /// The allow rule that admitted the peer (inbound only).
     pub rule: Option<String>,
+    /// `full`, `resumed` or `early_data`; `None` for plaintext peers.
+    pub handshake: Option<HandshakeKind>,
     /// Where the bytes went.
     pub upstream: String,
     /// Byte counts and close reason.
@@ -203,6 +206,7 @@ fn log_outcome(outcome: &Outcome, listener: &str, src: SocketAddr) {
             src = %src,
             peer_id = %closed.peer_id,
             rule = closed.rule.as_deref(),
+            handshake = closed.handshake.map(HandshakeKind::as_str),
             upstream = %closed.upstream,
             bytes_from_peer = closed.forwarded.from_peer,
             bytes_to_peer = closed.forwarded.to_peer,

@@ -53,7 +53,7 @@ impl Outbound {
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| rustls::Error::General(format!("{}: {e}", config.connect)))?;
         Ok(Self {
-            connector: TlsConnector::from(tls.client_config(&config.server_id)?),
+            connector: TlsConnector::from(tls.client_config(&config.server_id, config.resumption)?),
             server_name,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Semaphore::new(config.limits.max_handshakes),
@@ -88,7 +88,7 @@ impl Outbound {
         let started = Instant::now();
         let _ = local.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
-        let remote = timeout_at(deadline, self.dial()).await.map_err(|_| {
+        let (remote, kind) = timeout_at(deadline, self.dial()).await.map_err(|_| {
             Refusal::new(
                 RefuseReason::HandshakeTimeout,
                 format!(
@@ -100,6 +100,7 @@ impl Outbound {
         Ok(Closed {
             peer_id: self.config.server_id.to_string(),
             rule: None,
+            handshake: Some(kind),
             upstream: self.config.connect.clone(),
             forwarded: splice(
                 local,
@@ -114,7 +115,7 @@ impl Outbound {
     }
 
     /// Connects to the remote and completes an mTLS handshake with the expected server.
-    async fn dial(&self) -> Result<TlsStream<TcpStream>, Refusal> {
+    async fn dial(&self) -> Result<(TlsStream<TcpStream>, HandshakeKind), Refusal> {
         let _slot = self
             .handshakes
             .acquire()
@@ -143,8 +144,11 @@ impl Outbound {
                 Refusal::new(RefuseReason::of_handshake(&e), e.to_string())
                     .with_peer(self.config.server_id.as_str())
             })?;
-        self.metrics
-            .handshake(HandshakeKind::Full, started.elapsed());
-        Ok(tls)
+        let kind = match tls.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => HandshakeKind::Resumed,
+            _ => HandshakeKind::Full,
+        };
+        self.metrics.handshake(kind, started.elapsed());
+        Ok((tls, kind))
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! The header carries the peer's source and the address it connected to, a
 //! standard `PP2_TYPE_SSL` TLV (client authenticated with a certificate, TLS
-//! version) and the peer's SPIFFE ID in the custom TLV [`TLV_SPIFFE_ID`]. A
+//! version) and the peer's SPIFFE ID in the custom TLV [`TLV_SPIFFE_ID`]. When
+//! the first bytes after the header arrived as TLS 1.3 early data (0-RTT), the
+//! TLV [`TLV_EARLY_DATA`] says how many, so the service can refuse to act on
+//! non-idempotent requests that could have been replayed from elsewhere. A
 //! plaintext peer on a permissive listener gets the addresses and no TLVs.
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +25,9 @@ const PP2_CLIENT_CERT_CONN: u8 = 0x02;
 /// TLV type carrying the peer's SPIFFE ID (first of the custom range 0xE0-0xEF).
 pub const TLV_SPIFFE_ID: u8 = 0xE0;
 
+/// TLV type carrying the count (4 bytes, big-endian) of 0-RTT bytes that follow the header.
+pub const TLV_EARLY_DATA: u8 = 0xE1;
+
 /// What the header says about the peer's TLS session.
 #[derive(Debug, Clone, Copy)]
 pub struct TlsInfo<'a> {
@@ -29,6 +35,8 @@ pub struct TlsInfo<'a> {
     pub spiffe_id: &'a SpiffeId,
     /// e.g. `TLSv1.3`.
     pub version: &'a str,
+    /// How many bytes right after the header were received as early data (0: none).
+    pub early_data: u32,
 }
 
 /// Encodes a PROXY v2 header for a connection from `source` to `destination`.
@@ -58,6 +66,9 @@ pub fn encode(source: SocketAddr, destination: SocketAddr, tls: Option<TlsInfo<'
         push_tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, tls.version.as_bytes());
         push_tlv(&mut out, PP2_TYPE_SSL, &ssl);
         push_tlv(&mut out, TLV_SPIFFE_ID, tls.spiffe_id.as_str().as_bytes());
+        if tls.early_data > 0 {
+            push_tlv(&mut out, TLV_EARLY_DATA, &tls.early_data.to_be_bytes());
+        }
     }
 
     let len = u16::try_from(out.len() - 16).expect("PROXY header under 64 KiB");

@@ -1,0 +1,148 @@
+//! rustls configurations for both directions, built from our SVID and trust bundle.
+//!
+//! Resumption is safe with client authentication here because nothing is
+//! decided by the handshake alone: every connection, resumed or not, is
+//! authorized afterwards from the certificate chain the session carries
+//! (`proxy::inbound`), against the policy in force now, with the chain's
+//! validity checked again. Ticket keys are bound to the trust configuration
+//! ([`tickets`]), so a session from another bundle never resumes.
+
+pub mod tickets;
+
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, StoresServerSessions};
+use rustls::sign::SingleCertAndKey;
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::identity::{
+    Bundle, CertInfo, SpiffeClientVerifier, SpiffeId, SpiffeServerVerifier, Svid,
+};
+
+/// The TLS material shared by every listener: who we are and whom we trust.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    /// Our certificate chain and key.
+    pub svid: Svid,
+    /// CA certificates of our trust domain.
+    pub bundle: Bundle,
+    /// The trust domain peers must belong to.
+    pub trust_domain: String,
+    /// Key exchange, ciphers and signature verification.
+    pub provider: Arc<CryptoProvider>,
+}
+
+/// How a listener lets clients resume.
+#[derive(Clone)]
+pub enum ServerResumption {
+    /// Full handshakes only.
+    Off,
+    /// Stateless tickets.
+    Tickets(Arc<tickets::Ticketer>),
+    /// Single-use sessions in a server-side cache, with up to `early_data` bytes of 0-RTT.
+    Cache {
+        /// The listener's session cache.
+        cache: Arc<dyn StoresServerSessions>,
+        /// Most early-data bytes accepted; 0 refuses early data.
+        early_data: u32,
+    },
+}
+
+impl std::fmt::Debug for ServerResumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("Off"),
+            Self::Tickets(t) => f.debug_tuple("Tickets").field(t).finish(),
+            Self::Cache { early_data, .. } => f
+                .debug_struct("Cache")
+                .field("early_data", early_data)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Sessions a client keeps per outbound route, so reconnects resume.
+const CLIENT_SESSIONS: usize = 64;
+
+impl TlsIdentity {
+    /// The digest ticket keys are bound to: our trust domain and every bundle certificate.
+    pub fn trust_context(&self) -> [u8; 32] {
+        tickets::trust_context(&self.trust_domain, &self.bundle.certs)
+    }
+
+    /// Server side: require a client SVID from our trust domain.
+    pub fn server_config(
+        &self,
+        resumption: &ServerResumption,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let verifier = SpiffeClientVerifier::new(
+            self.bundle.roots.clone(),
+            &self.trust_domain,
+            self.provider.clone(),
+        )
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(
+                self.svid.certified_key.clone(),
+            )));
+        match resumption {
+            ServerResumption::Off => {
+                config.session_storage = Arc::new(NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+            }
+            ServerResumption::Tickets(ticketer) => {
+                config.session_storage = Arc::new(NoServerSessionStorage {});
+                config.ticketer = ticketer.clone();
+            }
+            ServerResumption::Cache { cache, early_data } => {
+                config.session_storage = cache.clone();
+                config.max_early_data_size = *early_data;
+            }
+        }
+        Ok(Arc::new(config))
+    }
+
+    /// Client side: present our SVID and accept only a server proving `server_id`.
+    ///
+    /// With `resume`, sessions are cached (in this config, so per route) and reconnects resume.
+    pub fn client_config(
+        &self,
+        server_id: &SpiffeId,
+        resume: bool,
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
+        let verifier =
+            SpiffeServerVerifier::new(self.bundle.roots.clone(), server_id.clone(), &self.provider);
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
+                self.svid.certified_key.clone(),
+            )));
+        config.resumption = if resume {
+            Resumption::in_memory_sessions(CLIENT_SESSIONS)
+        } else {
+            Resumption::disabled()
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+impl TlsIdentity {
+    /// Our chain (leaf first) and the bundle's CAs, summarised for operators.
+    pub fn certificates(&self) -> (Vec<CertInfo>, Vec<CertInfo>) {
+        let chain = self
+            .svid
+            .certified_key
+            .cert
+            .iter()
+            .filter_map(CertInfo::of)
+            .collect();
+        let bundle = self.bundle.certs.iter().filter_map(CertInfo::of).collect();
+        (chain, bundle)
+    }
+}

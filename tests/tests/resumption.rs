@@ -1,0 +1,375 @@
+//! TLS 1.3 session resumption and 0-RTT: openssl s_client and rustls clients against the daemon.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mtlsd_e2e::*;
+use rustls::HandshakeKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TD: &str = "example.org";
+const REQUEST: &[u8] = b"GET /early HTTP/1.0\r\n\r\n";
+
+/// What a recording upstream saw on one connection: the early-data TLV's count and the bytes after the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    early: u32,
+    bytes: Vec<u8>,
+}
+
+/// An HTTP-ish upstream behind `proxy_protocol = true` that records each connection.
+async fn recording_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    let up = upstream(move |mut s| {
+        let log = log.clone();
+        async move {
+            let mut head = vec![0u8; 16];
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+            head.resize(16 + len, 0);
+            s.read_exact(&mut head[16..]).await.unwrap();
+            let header = ppp::v2::Header::try_from(head.as_slice()).unwrap();
+            let early = header
+                .tlvs()
+                .map(Result::unwrap)
+                .find(|t| t.kind == 0xE1)
+                .map_or(0, |t| u32::from_be_bytes(t.value.as_ref().try_into().unwrap()));
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                }
+            }
+            log.lock().unwrap().push(Seen { early, bytes });
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nok\n").await;
+            let _ = s.shutdown().await;
+        }
+    })
+    .await;
+    (up, seen)
+}
+
+/// Runs `openssl s_client` with a client certificate; returns stdout and stderr together.
+fn s_client(
+    addr: SocketAddr,
+    pki: &Pki,
+    client: &CertFiles,
+    args: &[&str],
+    stdin: &[u8],
+) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_3",
+            "-connect",
+            &addr.to_string(),
+            "-CAfile",
+        ])
+        .arg(pki.bundle())
+        .arg("-cert")
+        .arg(&client.cert)
+        .arg("-cert_chain")
+        .arg(&client.cert)
+        .arg("-key")
+        .arg(&client.key)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_resumes_with_a_ticket_and_the_access_log_says_so() {
+    let pki = Pki::new(TD);
+    let upstream = http_upstream("hello\n").await;
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let addr = daemon.addr("web");
+    let client = pki.issue(&pki.id("/frontend"));
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session.pem");
+
+    // -ign_eof: read until the server closes, so the ticket that follows the handshake is saved.
+    let first = s_client(
+        addr,
+        &pki,
+        &client,
+        &["-ign_eof", "-sess_out", path_str(&session)],
+        REQUEST,
+    );
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    let second = s_client(
+        addr,
+        &pki,
+        &client,
+        &["-ign_eof", "-sess_in", path_str(&session)],
+        REQUEST,
+    );
+    assert!(second.contains("Reused, TLSv1.3"), "{second}");
+    assert!(second.contains("hello"), "{second}");
+
+    let closed = daemon.wait_for_logs("two closes", 2, |l| l["message"] == "connection closed");
+    assert_eq!(closed[0]["handshake"], "full");
+    assert_eq!(closed[1]["handshake"], "resumed");
+    // The resumed connection still carries (and was authorized as) the certificate's identity.
+    assert_eq!(closed[1]["peer_id"], pki.id("/frontend"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_early_data_reaches_the_upstream_once_and_a_replay_is_rejected() {
+    let pki = Pki::new(TD);
+    let (upstream, seen) = recording_upstream().await;
+    let daemon = pki.start_daemon(&pki.inbound(
+        "web",
+        upstream.addr,
+        "proxy_protocol = true\nresumption = \"cache\"\nearly_data = 4096",
+    ));
+    let addr = daemon.addr("web");
+    let client = pki.issue(&pki.id("/frontend"));
+    let dir = tempfile::tempdir().unwrap();
+    let (session, early) = (dir.path().join("session.pem"), dir.path().join("early.txt"));
+    std::fs::write(&early, REQUEST).unwrap();
+
+    let first = s_client(
+        addr,
+        &pki,
+        &client,
+        &["-ign_eof", "-sess_out", path_str(&session)],
+        REQUEST,
+    );
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    let args = [
+        "-ign_eof",
+        "-sess_in",
+        path_str(&session),
+        "-early_data",
+        path_str(&early),
+    ];
+    let second = s_client(addr, &pki, &client, &args, b"");
+    assert!(second.contains("Early data was accepted"), "{second}");
+    assert!(second.contains("ok"), "{second}");
+    // The same session again: the server-side session was single-use, so the replayed early data is refused.
+    let replay = s_client(
+        addr,
+        &pki,
+        &client,
+        &[
+            "-sess_in",
+            path_str(&session),
+            "-early_data",
+            path_str(&early),
+        ],
+        b"",
+    );
+    assert!(replay.contains("Early data was rejected"), "{replay}");
+
+    let closed = daemon.wait_for_logs("three closes", 3, |l| l["message"] == "connection closed");
+    let kinds: Vec<_> = closed
+        .iter()
+        .map(|l| l["handshake"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["full", "early_data", "full"]);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen[0],
+        Seen {
+            early: 0,
+            bytes: REQUEST.to_vec()
+        }
+    );
+    // The upstream is told exactly which leading bytes arrived as 0-RTT.
+    assert_eq!(
+        seen[1],
+        Seen {
+            early: REQUEST.len() as u32,
+            bytes: REQUEST.to_vec()
+        }
+    );
+    // The replay delivered nothing: the request reached the upstream once as early data, never twice.
+    assert_eq!(
+        seen[2],
+        Seen {
+            early: 0,
+            bytes: Vec::new()
+        }
+    );
+}
+
+/// One connection with `config`: the handshake kind the client saw, and whether it was served.
+async fn connect(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> (HandshakeKind, bool) {
+    let mut tls = tls_connect(addr, config.clone()).await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    // The echo also reads the tickets the server sends after the handshake.
+    let served = matches!(echo_round_trip(&mut tls, b"hi").await, Ok(b) if b == b"hi");
+    (kind, served)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_identity_is_authorized_again_under_the_policy_in_force() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let identity = identity_toml(&pki, &pki.issue(&pki.id("/web")));
+    let listener = |allow: &str| {
+        format!(
+            "\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"{allow}\"]\n",
+            upstream.addr
+        )
+    };
+    let daemon = Daemon::start(&(identity.clone() + &listener(&pki.id("/frontend"))));
+    let addr = daemon.addr("web");
+    let client = pki.client("/frontend");
+    assert_eq!(connect(addr, &client).await, (HandshakeKind::Full, true));
+    assert_eq!(connect(addr, &client).await, (HandshakeKind::Resumed, true));
+
+    // De-authorize /frontend: its next resumed connection is refused.
+    std::fs::write(
+        daemon.config_path(),
+        identity + &listener(&pki.id("/someone-else")),
+    )
+    .unwrap();
+    assert_eq!(daemon.reload(1)["message"], "configuration reloaded");
+    let (kind, served) = connect(addr, &client).await;
+    assert_eq!((kind, served), (HandshakeKind::Resumed, false));
+    let refused = daemon.refused("not_allowed");
+    assert_eq!(refused["peer_id"], pki.id("/frontend"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_is_refused_once_the_client_certificate_has_expired() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let addr = daemon.addr("web");
+    let short = pki.issue_for(&pki.id("/short-lived"), Duration::from_secs(2));
+    let client = client_config(&pki.bundle(), Some(&short));
+    assert_eq!(connect(addr, &client).await, (HandshakeKind::Full, true));
+
+    // Wait for the certificate itself to expire: that is the condition under test.
+    let expiry = std::time::SystemTime::now() + Duration::from_secs(3);
+    for _ in 0..100 {
+        if std::time::SystemTime::now() > expiry {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (kind, served) = connect(addr, &client).await;
+    assert_eq!((kind, served), (HandshakeKind::Resumed, false));
+    let refused = daemon.refused("cert_expired");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("resumed session: certificate"),
+        "{refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_sharing_a_key_file_resume_each_others_tickets_until_keys_rotate_out() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("ticket.keys");
+    let rotate = || {
+        let out = Command::new(mtlsd_bin())
+            .args(["ticket-keys", "rotate", "--file"])
+            .arg(&keys)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    rotate();
+    let shared = format!("\n[resumption]\nticket_key_file = \"{}\"\n", keys.display());
+    let a = pki.start_daemon(&(shared.clone() + &pki.inbound("web", upstream.addr, "")));
+    let b = pki.start_daemon(&(shared.clone() + &pki.inbound("web", upstream.addr, "")));
+
+    let client = pki.client("/frontend");
+    assert_eq!(
+        connect(a.addr("web"), &client).await,
+        (HandshakeKind::Full, true)
+    );
+    // A ticket from instance a resumes at instance b (the client offers it to the same server name).
+    assert_eq!(
+        connect(b.addr("web"), &client).await,
+        (HandshakeKind::Resumed, true)
+    );
+
+    // Another trust configuration (one more CA in the bundle) derives other keys: full handshake.
+    let other = Pki::new("other.org");
+    let bundle = dir.path().join("bigger-bundle.pem");
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(pki.bundle()).unwrap()
+            + &std::fs::read_to_string(other.bundle()).unwrap(),
+    )
+    .unwrap();
+    let svid = pki.issue(&pki.id("/web"));
+    let c = Daemon::start(&format!(
+        "[identity]\ntrust_domain = \"{TD}\"\ncert = \"{}\"\nkey = \"{}\"\nbundle = \"{}\"\n{shared}{}",
+        svid.cert.display(),
+        svid.key.display(),
+        bundle.display(),
+        pki.inbound("web", upstream.addr, "")
+    ));
+    let fresh = pki.client("/frontend");
+    assert_eq!(
+        connect(a.addr("web"), &fresh).await,
+        (HandshakeKind::Full, true)
+    );
+    assert_eq!(
+        connect(c.addr("web"), &fresh).await,
+        (HandshakeKind::Full, true)
+    );
+
+    // One rotation: the previous key still decrypts. Two: the ticket's key is gone.
+    let rotating = pki.client("/rotating");
+    assert_eq!(
+        connect(a.addr("web"), &rotating).await,
+        (HandshakeKind::Full, true)
+    );
+    rotate();
+    a.reload(1);
+    assert_eq!(
+        connect(a.addr("web"), &rotating).await.0,
+        HandshakeKind::Resumed
+    );
+    // That resumption handed out tickets under the new key; start over with one under the old key only.
+    let old_ticket = pki.client("/old-ticket");
+    rotate();
+    a.reload(2);
+    assert_eq!(
+        connect(a.addr("web"), &old_ticket).await,
+        (HandshakeKind::Full, true)
+    );
+    rotate();
+    rotate();
+    a.reload(3);
+    assert_eq!(
+        connect(a.addr("web"), &old_ticket).await,
+        (HandshakeKind::Full, true)
+    );
+}
