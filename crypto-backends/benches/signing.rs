@@ -1,0 +1,2 @@
+//! Signing throughput per backend (placeholder until the bench lands).
+fn main() {}
