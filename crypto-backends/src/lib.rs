@@ -18,6 +18,7 @@
 //! Unsafe code is denied crate-wide; only the OpenSSL ENGINE bindings opt in.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "pkcs11")]
 mod der;
 mod error;
 mod key_ref;
