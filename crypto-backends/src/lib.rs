@@ -22,6 +22,7 @@
 mod der;
 mod error;
 mod key_ref;
+pub mod offload;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 pub mod software;
