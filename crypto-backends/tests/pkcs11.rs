@@ -240,3 +240,81 @@ fn child_process_fixture_creates_tokens_other_processes_see() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("for-children"), "{text}");
 }
+
+#[test]
+fn a_root_key_in_the_token_issues_certificates_that_openssl_verify_accepts() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+
+    let Some((_, backend)) = setup("ca") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let roots = [
+        backend.generate_ec_key("ca", "root-p256", &[0xc1], EcCurve::P256),
+        backend.generate_ec_key("ca", "root-p384", &[0xc2], EcCurve::P384),
+        backend.generate_rsa_key("ca", "root-rsa", &[0xc3], 2048),
+    ];
+    for (i, root_ref) in roots.into_iter().enumerate() {
+        let KeyRef::Pkcs11(uri) = root_ref.unwrap() else {
+            unreachable!()
+        };
+        let root_key = backend.load_key(&uri).unwrap();
+
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("mtlsd HSM root {i}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root = params.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(params, root_key);
+
+        // An intermediate (software key) signed in the token, and a leaf under it.
+        let mid_key = KeyPair::generate().unwrap();
+        let mut mid_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        mid_params
+            .distinguished_name
+            .push(DnType::CommonName, "mtlsd intermediate");
+        mid_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        mid_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let mid = mid_params.signed_by(&mid_key, &issuer).unwrap();
+        let mid_issuer = Issuer::new(mid_params, mid_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["svc.mesh.test".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &mid_issuer)
+            .unwrap();
+        // And a leaf signed by the root directly.
+        let direct = CertificateParams::new(vec!["direct.mesh.test".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(format!("{i}-{name}"));
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let root_pem = write("root.pem", root.pem());
+        let mid_pem = write("mid.pem", mid.pem());
+        let leaf_pem = write("leaf.pem", leaf.pem());
+        let direct_pem = write("direct.pem", direct.pem());
+        for (untrusted, cert) in [(Some(&mid_pem), &leaf_pem), (None, &direct_pem)] {
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.arg("verify").arg("-CAfile").arg(&root_pem);
+            if let Some(u) = untrusted {
+                cmd.arg("-untrusted").arg(u);
+            }
+            let out = cmd.arg(cert).output().expect("run openssl verify");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.trim_end().ends_with(": OK"),
+                "root {uri}: openssl verify {}: {stdout}{}",
+                cert.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
