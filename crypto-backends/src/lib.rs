@@ -8,7 +8,7 @@
 //! | backend | key references | status |
 //! |---|---|---|
 //! | [`software`] | PEM files (PKCS#8, SEC1, PKCS#1) | implemented |
-//! | `openssl` | files or engine/provider key ids | feature `openssl` (off by default: needs libssl-dev) |
+//! | `openssl` | files, `pkcs11:` URIs or engine key ids through an ENGINE or provider | feature `openssl` (off by default: needs libssl-dev) |
 //! | [`pkcs11`] | RFC 7512 `pkcs11:` URIs | feature `pkcs11` (default) |
 //!
 //! Device keys block while the device works; [`offload`] wraps them so the
@@ -23,6 +23,8 @@ mod der;
 mod error;
 mod key_ref;
 pub mod offload;
+#[cfg(feature = "openssl")]
+pub mod openssl;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 pub mod software;

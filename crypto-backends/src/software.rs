@@ -90,8 +90,8 @@ impl SecretDer {
     }
 }
 
-/// Reads the first private key from a PEM file, refusing files other users can reach.
-fn read_private_key_file(path: &Path) -> Result<SecretDer, Error> {
+/// Reads a key file into a zeroizing buffer, refusing files other users can reach.
+pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     let io_err = |source| Error::Io {
         path: path.to_owned(),
         source,
@@ -108,7 +108,12 @@ fn read_private_key_file(path: &Path) -> Result<SecretDer, Error> {
     }
     let mut pem = Zeroizing::new(Vec::new());
     file.read_to_end(&mut pem).map_err(io_err)?;
+    Ok(pem)
+}
 
+/// Reads the first private key from a PEM file, refusing files other users can reach.
+fn read_private_key_file(path: &Path) -> Result<SecretDer, Error> {
+    let pem = read_key_file(path)?;
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
         let Ok((kind, der)) = section else { break };
         let der = Zeroizing::new(der);
