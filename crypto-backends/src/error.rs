@@ -1,5 +1,6 @@
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why a backend could not provide a key.
 #[derive(Debug, thiserror::Error)]
@@ -46,5 +47,98 @@ pub enum Error {
         backend: &'static str,
         /// The reference it was given (PIN elided).
         key: String,
+    },
+    /// A device key (PKCS#11 object, engine or provider key) cannot be used for signing.
+    #[error("unsupported device key {key}: {reason}")]
+    UnsupportedDeviceKey {
+        /// The key reference (PIN elided).
+        key: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The PKCS#11 PIN could not be read from its configured source.
+    #[error("cannot read the PKCS#11 PIN from {source_name}: {reason}")]
+    PinUnavailable {
+        /// Where the PIN was to come from (file path, env var or credential name), never the PIN.
+        source_name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A `pkcs11:` URI does not follow RFC 7512 or names something we do not support.
+    #[error("invalid PKCS#11 URI {uri}: {reason}")]
+    InvalidPkcs11Uri {
+        /// The URI without its query (which may hold a PIN).
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A PKCS#11 module could not be loaded or initialised.
+    #[cfg(feature = "pkcs11")]
+    #[error("cannot load PKCS#11 module {module}: {source}")]
+    Pkcs11Module {
+        /// The shared library path.
+        module: PathBuf,
+        /// What cryptoki reported.
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// No slot holds a token matching the key reference.
+    #[error("no PKCS#11 token {token} in module {module}")]
+    TokenNotFound {
+        /// The module searched.
+        module: PathBuf,
+        /// The token label or slot id that was asked for.
+        token: String,
+    },
+    /// The token holds no private key matching the URI.
+    #[error("no private key {key} in PKCS#11 token {token}")]
+    Pkcs11KeyNotFound {
+        /// The key URI (query elided).
+        key: String,
+        /// The token searched.
+        token: String,
+    },
+    /// A PKCS#11 call failed.
+    #[cfg(feature = "pkcs11")]
+    #[error("PKCS#11 {operation} on token {token} failed: {source}")]
+    Pkcs11 {
+        /// What we were doing (`"C_Login"`, `"sign with pkcs11:…"`).
+        operation: String,
+        /// The token concerned.
+        token: String,
+        /// What cryptoki reported.
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// Every pooled session to a token stayed busy for the whole checkout timeout.
+    #[error(
+        "all {size} PKCS#11 sessions to token {token} stayed busy for {waited:?}; raise pool_size \
+         or check the device"
+    )]
+    Pkcs11PoolTimeout {
+        /// The token whose pool was exhausted.
+        token: String,
+        /// The pool size.
+        size: usize,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// An OpenSSL call failed.
+    #[cfg(feature = "openssl")]
+    #[error("OpenSSL {operation} failed: {source}")]
+    Openssl {
+        /// What we were doing, naming the engine, provider or key concerned.
+        operation: String,
+        /// OpenSSL's error queue.
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    /// An OpenSSL ENGINE could not be loaded, configured or initialised.
+    #[error("OpenSSL engine {engine}: {reason}")]
+    OpensslEngine {
+        /// The engine id.
+        engine: String,
+        /// What failed (the control command name is included, its value is not).
+        reason: String,
     },
 }

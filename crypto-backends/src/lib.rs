@@ -8,14 +8,29 @@
 //! | backend | key references | status |
 //! |---|---|---|
 //! | [`software`] | PEM files (PKCS#8, SEC1, PKCS#1) | implemented |
-//! | `openssl` | files or engine/provider key ids | planned |
-//! | `pkcs11` | RFC 7512 `pkcs11:` URIs | planned |
-#![forbid(unsafe_code)]
+//! | `openssl` | files, `pkcs11:` URIs or engine key ids through an ENGINE or provider | feature `openssl` (off by default: needs libssl-dev) |
+//! | [`pkcs11`] | RFC 7512 `pkcs11:` URIs | feature `pkcs11` (default) |
+//!
+//! Device keys block while the device works; [`offload`] wraps them so the
+//! async event loop never waits on a device, bounds the operations in flight,
+//! counts them, and falls back to a software copy when the device fails.
+//!
+//! Unsafe code is denied crate-wide; only the OpenSSL ENGINE bindings opt in.
+#![deny(unsafe_code)]
 
+#[cfg(feature = "pkcs11")]
+mod der;
 mod error;
 mod key_ref;
+pub mod offload;
+#[cfg(feature = "openssl")]
+pub mod openssl;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 mod secret_file;
 pub mod software;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,4 +51,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Loads the private key `key` refers to, ready to sign handshakes.
     fn load_signing_key(&self, key: &KeyRef) -> Result<Arc<dyn SigningKey>, Error>;
+
+    /// Whether this backend's keys live on a device whose operations block
+    /// (HSM, accelerator); the daemon wraps those in [`offload::Offloaded`].
+    fn is_device(&self) -> bool {
+        false
+    }
 }

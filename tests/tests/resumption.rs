@@ -39,7 +39,9 @@ async fn recording_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>) {
                 .tlvs()
                 .map(Result::unwrap)
                 .find(|t| t.kind == 0xE1)
-                .map_or(0, |t| u32::from_be_bytes(t.value.as_ref().try_into().unwrap()));
+                .map_or(0, |t| {
+                    u32::from_be_bytes(t.value.as_ref().try_into().unwrap())
+                });
             let mut bytes = Vec::new();
             let mut buf = [0u8; 1024];
             while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
