@@ -34,6 +34,7 @@ fn identity(ca: &Authority, dir: &std::path::Path, id: &str, backend: &Software)
         bundle: load_bundle(&ca.bundle_path()).unwrap(),
         trust_domain: ca.trust_domain().to_owned(),
         provider: backend.provider().clone(),
+        device: None,
     }
 }
 

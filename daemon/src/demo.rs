@@ -19,8 +19,8 @@ use tracing::{debug, info};
 
 use crate::ca::{Authority, CaError, LeafSpec};
 use crate::config::{
-    AdminConfig, BackendKind, Config, CryptoConfig, IdentityConfig, InboundConfig, Limits, Mode,
-    OutboundConfig, ResumptionConfig, SessionResumption, Upstream,
+    AdminConfig, Config, CryptoConfig, IdentityConfig, InboundConfig, Limits, Mode, OutboundConfig,
+    ResumptionConfig, SessionResumption, Upstream,
 };
 use crate::identity::SpiffeId;
 use crate::policy::{Policy, Principal};
@@ -99,9 +99,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
             key: mtlsd_crypto::KeyRef::File(svid_key),
             bundle: files.bundle.clone(),
         },
-        crypto: CryptoConfig {
-            backend: BackendKind::Software,
-        },
+        crypto: CryptoConfig::default(),
         inbound: vec![InboundConfig {
             name: "demo-inbound".into(),
             listen: INBOUND_ADDR.parse().expect("valid address"),

@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;
+pub mod signing;
 pub mod systemd;
 pub mod tls;

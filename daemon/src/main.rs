@@ -12,7 +12,8 @@ use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::config::{Config, parse_duration};
 use mtlsd::identity::SpiffeId;
 use mtlsd::metrics::Metrics;
-use mtlsd::runtime::{Daemon, backend_for, load_identity};
+use mtlsd::runtime::{Daemon, load_identity};
+use mtlsd::signing::backend_for;
 use mtlsd::tls::tickets;
 use mtlsd::{demo, systemd};
 use tokio::signal::unix::{SignalKind, signal};
@@ -336,8 +337,9 @@ async fn run(
 
 fn check(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
-    let backend = backend_for(config.crypto.backend);
-    let identity = load_identity(&config.identity, backend.as_ref())?;
+    let backend = backend_for(&config.crypto)
+        .with_context(|| format!("crypto backend {}", config.crypto.backend.name()))?;
+    let identity = load_identity(&config.identity, &config.crypto, backend.as_ref())?;
     info!(
         config = %path.display(),
         identity = %identity.svid.id,

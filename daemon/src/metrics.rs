@@ -5,18 +5,23 @@
 //! hot-path handles (active gauge, byte counters, handshake histogram) are
 //! resolved once per listener instead of hashing label sets per connection.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::proxy::RefuseReason;
+use crate::signing::DeviceKey;
 
 /// Which way a listener's connections go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,6 +143,8 @@ pub struct Metrics {
     early_data_bytes: Family<ListenerLabels, Counter>,
     /// Certificates currently exported, so a rotated one's series can be removed.
     exported_certs: Mutex<Vec<CertLabels>>,
+    /// Device keys whose counters are read at scrape time.
+    devices: Arc<DeviceCollector>,
 }
 
 impl Metrics {
@@ -159,8 +166,10 @@ impl Metrics {
             last_reload: Gauge::default(),
             early_data_bytes: Family::default(),
             exported_certs: Mutex::new(Vec::new()),
+            devices: Arc::default(),
             registry: Registry::default(),
         };
+        registry.register_collector(Box::new(m.devices.clone()));
         registry.register(
             "build",
             "mtlsd build information",
@@ -277,6 +286,11 @@ impl Metrics {
         }
     }
 
+    /// Replaces the device keys whose crypto counters are exported.
+    pub fn set_device_keys(&self, keys: Vec<DeviceKey>) {
+        *self.devices.0.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
     /// Replaces the exported certificate expiry series with `certs`.
     pub fn set_certificates(&self, certs: &[CertExpiry]) {
         let mut exported = self
@@ -311,6 +325,92 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeviceLabels {
+    backend: &'static str,
+    key: String,
+}
+
+/// A metric name, its help, and how to read its value off a device key.
+type Series<T> = (&'static str, &'static str, fn(&DeviceKey) -> T);
+
+/// Exports the offload counters of device keys (`mtlsd_crypto_*`), read live on every scrape.
+#[derive(Debug, Default)]
+struct DeviceCollector(RwLock<Vec<DeviceKey>>);
+
+impl Collector for DeviceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let keys = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let counters: [Series<u64>; 4] = [
+            (
+                "crypto_operations",
+                "Private-key operations completed by a device key",
+                |d| d.stats.ops(),
+            ),
+            (
+                "crypto_errors",
+                "Private-key operations that failed on the device",
+                |d| d.stats.errors(),
+            ),
+            (
+                "crypto_fallbacks",
+                "Signatures made by the software copy while the device failed",
+                |d| d.stats.fallbacks(),
+            ),
+            (
+                "crypto_rejected",
+                "Signatures refused because max_in_flight stayed full past the wait",
+                |d| d.stats.rejected(),
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for d in keys.iter() {
+                let labels = DeviceLabels {
+                    backend: d.backend,
+                    key: d.key.clone(),
+                };
+                ConstCounter::new(read(d)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut latency = encoder.encode_descriptor(
+            "crypto_operation_seconds",
+            "Time spent in device operations (divide by crypto_operations_total for the mean)",
+            None,
+            MetricType::Counter,
+        )?;
+        for d in keys.iter() {
+            let labels = DeviceLabels {
+                backend: d.backend,
+                key: d.key.clone(),
+            };
+            ConstCounter::new(d.stats.latency_us() as f64 / 1e6)
+                .encode(latency.encode_family(&labels)?)?;
+        }
+        let gauges: [Series<i64>; 2] = [
+            ("crypto_in_flight", "Device operations in flight now", |d| {
+                d.stats.in_flight() as i64
+            }),
+            (
+                "crypto_device_healthy",
+                "1 while the device signs, 0 while it fails",
+                |d| i64::from(d.health.is_healthy()),
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for d in keys.iter() {
+                let labels = DeviceLabels {
+                    backend: d.backend,
+                    key: d.key.clone(),
+                };
+                ConstGauge::new(read(d)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

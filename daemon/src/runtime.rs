@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use rustls::server::ServerSessionMemoryCache;
 
 use crate::config::{
-    BackendKind, Config, IdentityConfig, InboundConfig, OutboundConfig, SessionResumption,
+    Config, CryptoConfig, IdentityConfig, InboundConfig, OutboundConfig, SessionResumption,
 };
 use crate::identity::{CertInfo, IdentityError, SpiffeId, Svid, load_bundle};
 use crate::metrics::{CertExpiry, Direction, Metrics};
@@ -30,8 +30,12 @@ use crate::proxy::Drain;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::listener::{Listener, Route};
 use crate::proxy::outbound::Outbound;
+use crate::signing::{DeviceKey, backend_for, load_signing_key};
 use crate::tls::tickets::{KeySource, TicketKeyError, Ticketer};
 use crate::tls::{ServerResumption, TlsIdentity};
+
+/// An open crypto backend and the `[crypto]` settings it was opened with.
+type OpenBackend = (CryptoConfig, Arc<dyn Backend>);
 
 /// How long connections still open after the grace period get to log their close line.
 const HARD_STOP_LINGER: Duration = Duration::from_secs(1);
@@ -50,6 +54,15 @@ pub enum StartError {
         id: String,
         /// The configured trust domain.
         trust_domain: String,
+    },
+    /// The crypto backend could not be opened (module, engine, provider or PIN).
+    #[error("crypto backend {backend}: {source}")]
+    Backend {
+        /// The backend named in `[crypto]`.
+        backend: &'static str,
+        /// What failed.
+        #[source]
+        source: mtlsd_crypto::Error,
     },
     /// A listener's TLS configuration was rejected by rustls.
     #[error("listener {listener}: {source}")]
@@ -76,19 +89,15 @@ pub enum StartError {
     },
 }
 
-/// The crypto backend a config asks for.
-pub fn backend_for(kind: BackendKind) -> Arc<dyn Backend> {
-    match kind {
-        BackendKind::Software => Arc::new(mtlsd_crypto::software::Software::new()),
-    }
-}
-
-/// Loads our SVID and bundle and checks they agree with the configured trust domain.
+/// Loads our SVID (its key through `backend`) and bundle, and checks they agree with the trust domain.
 pub fn load_identity(
     config: &IdentityConfig,
+    crypto: &CryptoConfig,
     backend: &dyn Backend,
 ) -> Result<TlsIdentity, StartError> {
-    let svid = Svid::load(&config.cert, &config.key, backend)?;
+    let (key, device) = load_signing_key(crypto, backend, &config.key)
+        .map_err(|e| StartError::Identity(IdentityError::Key(e)))?;
+    let svid = Svid::with_key(&config.cert, &config.key, key)?;
     if svid.id.trust_domain() != config.trust_domain {
         return Err(StartError::TrustDomainMismatch {
             id: svid.id.to_string(),
@@ -100,6 +109,7 @@ pub fn load_identity(
         bundle: load_bundle(&config.bundle)?,
         trust_domain: config.trust_domain.clone(),
         provider: backend.provider().clone(),
+        device,
     })
 }
 
@@ -131,6 +141,8 @@ pub struct Snapshot {
     pub listeners: Vec<BoundListener>,
     /// When this configuration took effect.
     pub since: SystemTime,
+    /// Our key's device, when it lives in one.
+    pub device: Option<DeviceKey>,
 }
 
 /// The daemon's state as the admin endpoint sees it; shared, and replaced on every reload.
@@ -163,6 +175,14 @@ impl Status {
                     leaf.name(),
                     leaf.serial,
                     leaf.not_after
+                ));
+            }
+        }
+        if let Some(device) = snapshot.device.as_ref().filter(|d| !d.has_fallback) {
+            if !device.health.is_healthy() {
+                problems.push(format!(
+                    "the {} device holding our key {} is failing; handshakes fail until it recovers",
+                    device.backend, device.key
                 ));
             }
         }
@@ -297,6 +317,11 @@ pub struct Daemon {
     activated: HashMap<String, TcpListener>,
     /// Ticket keys and session caches, kept across reloads while the trust configuration holds.
     resumption: ResumptionState,
+    /// The open backend and the settings it was opened with: a reload with the same
+    /// `[crypto]` keeps it (and its device sessions).
+    backend: Option<OpenBackend>,
+    /// Probes our device key back to health; replaced with the key.
+    device_probe: Option<tokio::task::AbortHandle>,
     grace: Duration,
 }
 
@@ -418,20 +443,24 @@ impl Daemon {
                 Err(e) => error!(fd_name = %name, error = %e, "cannot use socket-activated fd"),
             }
         }
-        let (tls, backend) = load(&config)?;
+        let (backend, tls) = load(None, &config)?;
+        let backend_name = backend.1.name();
         let mut daemon = Self {
             drain: Drain::new(),
             status: Arc::new(Status {
-                current: RwLock::new(Arc::new(snapshot(&config, &tls, backend, Vec::new()))),
+                current: RwLock::new(Arc::new(snapshot(&config, &tls, backend_name, Vec::new()))),
                 draining: AtomicBool::new(false),
             }),
             metrics,
             running: Vec::new(),
             activated: sockets,
             resumption: ResumptionState::default(),
+            backend: None,
+            device_probe: None,
             grace: config.shutdown_grace,
         };
         daemon.apply(config, tls, backend).await?;
+        let backend = backend_name;
         for name in daemon.activated.keys() {
             warn!(fd_name = %name, "socket-activated fd matches no listener name; it stays unused");
         }
@@ -441,8 +470,8 @@ impl Daemon {
 
     /// Replaces the running configuration with `config`, or changes nothing and says why.
     pub async fn reload(&mut self, config: Config) -> Result<ReloadSummary, StartError> {
-        let result = match load(&config) {
-            Ok((tls, backend)) => self.apply(config, tls, backend).await,
+        let result = match load(self.backend.as_ref(), &config) {
+            Ok((backend, tls)) => self.apply(config, tls, backend).await,
             Err(e) => Err(e),
         };
         self.metrics.reloaded(result.is_ok());
@@ -465,7 +494,7 @@ impl Daemon {
         &mut self,
         config: Config,
         tls: TlsIdentity,
-        backend: &'static str,
+        backend: OpenBackend,
     ) -> Result<ReloadSummary, StartError> {
         let wanted = ListenerConfig::all(&config);
 
@@ -527,6 +556,14 @@ impl Daemon {
 
         // Commit: nothing below can fail the reload.
         self.resumption.commit(resumption);
+        let backend_name = backend.1.name();
+        self.backend = Some(backend);
+        if let Some(probe) = self.device_probe.take() {
+            probe.abort();
+        }
+        self.device_probe = tls.device.as_ref().map(|d| d.probe().abort_handle());
+        self.metrics
+            .set_device_keys(tls.device.iter().cloned().collect());
         let mut summary = ReloadSummary::default();
         let mut old: Vec<Option<Running>> = std::mem::take(&mut self.running)
             .into_iter()
@@ -599,7 +636,7 @@ impl Daemon {
                 addr: r.addr,
             })
             .collect();
-        let snapshot = snapshot(&config, &tls, backend, listeners);
+        let snapshot = snapshot(&config, &tls, backend_name, listeners);
         self.metrics.set_certificates(&expiries(&snapshot));
         warn_if_expiring(&snapshot);
         *self
@@ -699,11 +736,20 @@ impl Daemon {
     }
 }
 
-/// Loads the backend and identity a config names.
-fn load(config: &Config) -> Result<(TlsIdentity, &'static str), StartError> {
-    let backend = backend_for(config.crypto.backend);
-    let tls = load_identity(&config.identity, backend.as_ref())?;
-    Ok((tls, backend.name()))
+/// Opens the backend `config` names (reusing `current` when `[crypto]` is unchanged) and loads the identity.
+fn load(
+    current: Option<&OpenBackend>,
+    config: &Config,
+) -> Result<(OpenBackend, TlsIdentity), StartError> {
+    let backend = match current {
+        Some((c, b)) if *c == config.crypto => b.clone(),
+        _ => backend_for(&config.crypto).map_err(|source| StartError::Backend {
+            backend: config.crypto.backend.name(),
+            source,
+        })?,
+    };
+    let tls = load_identity(&config.identity, &config.crypto, backend.as_ref())?;
+    Ok(((config.crypto.clone(), backend), tls))
 }
 
 fn snapshot(
@@ -721,6 +767,7 @@ fn snapshot(
         bundle,
         listeners,
         since: SystemTime::now(),
+        device: tls.device.clone(),
     }
 }
 

@@ -99,20 +99,86 @@ pub struct IdentityConfig {
     pub bundle: PathBuf,
 }
 
-/// The crypto backend that holds private keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The crypto backend that holds private keys, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "backend")]
 #[non_exhaustive]
 pub enum BackendKind {
-    /// rustls on aws-lc-rs.
+    /// rustls on aws-lc-rs, keys in memory.
     Software,
+    /// Keys inside a PKCS#11 token (HSM).
+    Pkcs11(Pkcs11Settings),
+    /// Private-key operations through OpenSSL 3 with an ENGINE or provider.
+    Openssl(OpensslSettings),
 }
 
-/// Crypto backend selection.
-#[derive(Debug, Clone, Serialize)]
+impl BackendKind {
+    /// The name used in config, logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Software => "software",
+            Self::Pkcs11(_) => "pkcs11",
+            Self::Openssl(_) => "openssl",
+        }
+    }
+}
+
+/// Where the PKCS#11 user PIN comes from; never the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinSource {
+    /// A file readable by the daemon only.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A systemd credential (`LoadCredential=`), by name.
+    Credential(String),
+}
+
+/// `[crypto.pkcs11]`: the module, the PIN and the session pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pkcs11Settings {
+    /// The PKCS#11 shared library.
+    pub module: PathBuf,
+    /// Where the PIN is read from.
+    pub pin: PinSource,
+    /// Sessions per token: signatures that run on the token at once.
+    pub pool_size: usize,
+}
+
+/// `[crypto.openssl]`: which ENGINE or provider signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpensslSettings {
+    /// ENGINE id, e.g. `qatengine` or `pkcs11`.
+    pub engine: Option<String>,
+    /// ENGINE control commands sent before init; values are not shown by `/config`.
+    #[serde(serialize_with = "ctrl_names")]
+    pub engine_ctrl: Vec<(String, String)>,
+    /// Provider name, e.g. `qatprovider`.
+    pub provider: Option<String>,
+}
+
+fn ctrl_names<S: serde::Serializer>(ctrl: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ctrl.iter().map(|(name, _)| [name.as_str(), "<redacted>"]))
+}
+
+/// `[crypto]`: the backend and how device operations are bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CryptoConfig {
     /// The backend in use.
+    #[serde(flatten)]
     pub backend: BackendKind,
+    /// Device signatures in flight at once; more wait (bounded) for a slot.
+    pub max_in_flight: usize,
+}
+
+impl Default for CryptoConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Software,
+            max_in_flight: 64,
+        }
+    }
 }
 
 /// Resource limits of one listener.
@@ -525,19 +591,142 @@ impl Validator<'_> {
     }
 
     fn crypto(&mut self, raw: &raw::RawCrypto) -> Option<CryptoConfig> {
-        let backend = match &raw.backend {
-            None => BackendKind::Software,
-            Some(b) => self.check(b, "crypto.backend", |name| match name.as_str() {
-                "software" => Ok(BackendKind::Software),
-                "openssl" | "pkcs11" => Err(format!(
-                    "the {name} backend is not built into this version; use \"software\""
-                )),
-                other => Err(format!(
-                    "unknown backend {other:?}; expected \"software\", \"openssl\" or \"pkcs11\""
-                )),
-            })?,
+        let mut out = CryptoConfig::default();
+        if let Some(n) = &raw.max_in_flight {
+            out.max_in_flight = self.check(n, "crypto.max_in_flight", |n| {
+                usize::try_from(*n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("must be a positive integer")
+            })?;
+        }
+        let name = match &raw.backend {
+            None => "software",
+            Some(b) => b.get_ref().as_str(),
         };
-        Some(CryptoConfig { backend })
+        let at = raw.backend.as_ref();
+        out.backend = match name {
+            "software" => BackendKind::Software,
+            "pkcs11" => {
+                let Some(p) = &raw.pkcs11 else {
+                    let msg = "backend = \"pkcs11\" needs a [crypto.pkcs11] table with module and a PIN source";
+                    match at {
+                        Some(at) => self.report(at, "crypto.pkcs11", msg),
+                        None => self
+                            .problems
+                            .push(self.loc.problem(0..0, "crypto.pkcs11", msg)),
+                    }
+                    return None;
+                };
+                BackendKind::Pkcs11(self.pkcs11(p)?)
+            }
+            "openssl" if cfg!(feature = "openssl") => {
+                let settings = match &raw.openssl {
+                    Some(o) => self.openssl(o)?,
+                    None => OpensslSettings {
+                        engine: None,
+                        engine_ctrl: Vec::new(),
+                        provider: None,
+                    },
+                };
+                BackendKind::Openssl(settings)
+            }
+            "openssl" => {
+                let at = at?;
+                self.report(
+                    at,
+                    "crypto.backend",
+                    "the openssl backend is not built into this binary; rebuild with \
+                     `cargo build --release --features openssl` (needs libssl-dev)",
+                );
+                return None;
+            }
+            other => {
+                let at = at?;
+                self.report(
+                    at,
+                    "crypto.backend",
+                    format!("unknown backend {other:?}; expected \"software\", \"pkcs11\" or \"openssl\""),
+                );
+                return None;
+            }
+        };
+        Some(out)
+    }
+
+    fn pkcs11(&mut self, raw: &S<raw::RawPkcs11>) -> Option<Pkcs11Settings> {
+        let p = raw.get_ref();
+        let module = self.check(&p.module, "crypto.pkcs11.module", |m| {
+            if m.is_empty() {
+                Err("must not be empty")
+            } else {
+                Ok(PathBuf::from(m))
+            }
+        });
+        let mut sources = Vec::new();
+        if let Some(f) = &p.pin_file {
+            sources.push(PinSource::File(PathBuf::from(f.get_ref())));
+        }
+        if let Some(e) = &p.pin_env {
+            sources.push(PinSource::Env(e.get_ref().clone()));
+        }
+        if let Some(c) = &p.pin_credential {
+            sources.push(PinSource::Credential(c.get_ref().clone()));
+        }
+        if sources.len() != 1 {
+            self.report(
+                raw,
+                "crypto.pkcs11",
+                "set exactly one of pin_file, pin_env or pin_credential (a PIN is never read from the command line)",
+            );
+            return None;
+        }
+        let pool_size = match &p.pool_size {
+            None => Some(4),
+            Some(n) => self.check(n, "crypto.pkcs11.pool_size", |n| {
+                usize::try_from(*n)
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or("must be between 1 and 1024")
+            }),
+        };
+        Some(Pkcs11Settings {
+            module: module?,
+            pin: sources.pop()?,
+            pool_size: pool_size?,
+        })
+    }
+
+    fn openssl(&mut self, raw: &S<raw::RawOpenssl>) -> Option<OpensslSettings> {
+        let o = raw.get_ref();
+        if o.engine.is_none() && !o.engine_ctrl.is_empty() {
+            self.report(
+                raw,
+                "crypto.openssl.engine_ctrl",
+                "engine_ctrl needs an engine",
+            );
+            return None;
+        }
+        if o.engine.is_some() && o.provider.is_some() {
+            self.report(
+                raw,
+                "crypto.openssl",
+                "set engine or provider, not both (OpenSSL 3 providers replace engines)",
+            );
+            return None;
+        }
+        Some(OpensslSettings {
+            engine: o.engine.as_ref().map(|e| e.get_ref().clone()),
+            engine_ctrl: o
+                .engine_ctrl
+                .iter()
+                .map(|c| {
+                    let [k, v] = c.get_ref().clone();
+                    (k, v)
+                })
+                .collect(),
+            provider: o.provider.as_ref().map(|p| p.get_ref().clone()),
+        })
     }
 
     fn limits(&mut self, raw: &RawLimits, base: Limits, key: &str) -> Option<Limits> {

@@ -38,6 +38,28 @@ pub(super) struct RawIdentity {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCrypto {
     pub backend: Option<S<String>>,
+    pub max_in_flight: Option<S<i64>>,
+    pub pkcs11: Option<S<RawPkcs11>>,
+    pub openssl: Option<S<RawOpenssl>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPkcs11 {
+    pub module: S<String>,
+    pub pin_file: Option<S<String>>,
+    pub pin_env: Option<S<String>>,
+    pub pin_credential: Option<S<String>>,
+    pub pool_size: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOpenssl {
+    pub engine: Option<S<String>>,
+    #[serde(default)]
+    pub engine_ctrl: Vec<S<[String; 2]>>,
+    pub provider: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default, Clone)]

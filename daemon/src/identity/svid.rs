@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use mtlsd_crypto::{Backend, KeyRef};
 use rustls::RootCertStore;
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use x509_parser::extensions::GeneralName;
@@ -167,12 +167,20 @@ impl Svid {
         key: &KeyRef,
         backend: &dyn Backend,
     ) -> Result<Self, IdentityError> {
+        Self::with_key(cert_path, key, backend.load_signing_key(key)?)
+    }
+
+    /// Loads a leaf-first chain for an already loaded `signing_key` (named `key` in errors).
+    pub fn with_key(
+        cert_path: &Path,
+        key: &KeyRef,
+        signing_key: Arc<dyn SigningKey>,
+    ) -> Result<Self, IdentityError> {
         let chain = load_certs(cert_path)?;
         let id = spiffe_id_of(&chain[0]).map_err(|source| IdentityError::Svid {
             path: cert_path.to_owned(),
             source,
         })?;
-        let signing_key = backend.load_signing_key(key)?;
         let certified_key = CertifiedKey::new(chain, signing_key);
         match certified_key.keys_match() {
             // A device key may not reveal its public half; the handshake will tell.

@@ -32,6 +32,8 @@ pub struct TlsIdentity {
     pub trust_domain: String,
     /// Key exchange, ciphers and signature verification.
     pub provider: Arc<CryptoProvider>,
+    /// Set when our key lives in a device: its counters and health.
+    pub device: Option<crate::signing::DeviceKey>,
 }
 
 /// How a listener lets clients resume.
