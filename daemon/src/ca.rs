@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -173,8 +173,40 @@ impl Authority {
         self.dir.join("bundle.pem")
     }
 
-    /// Issues a leaf SVID as `spec` describes, with a fresh key.
+    /// Issues a leaf SVID as `spec` describes, with a fresh P-256 key.
     pub fn issue(&self, spec: &LeafSpec) -> Result<IssuedSvid, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = self.certify(self.leaf_params(spec)?, &key)?;
+        Ok(IssuedSvid {
+            chain_pem: cert.chain_pem,
+            key_pem: Zeroizing::new(key.serialize_pem()),
+            serial: cert.serial,
+            not_after: cert.not_after,
+        })
+    }
+
+    /// Issues a leaf SVID for a key held elsewhere (an HSM, a CSR's key): only its public half is needed.
+    pub fn issue_for_key(
+        &self,
+        spec: &LeafSpec,
+        public_key: &impl PublicKeyData,
+    ) -> Result<IssuedCert, CaError> {
+        self.certify(self.leaf_params(spec)?, public_key)
+    }
+
+    /// Signs arbitrary leaf parameters with a fresh P-256 key; [`Self::issue`] is the usual entry point.
+    pub fn sign(&self, params: CertificateParams) -> Result<IssuedSvid, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = self.certify(params, &key)?;
+        Ok(IssuedSvid {
+            chain_pem: cert.chain_pem,
+            key_pem: Zeroizing::new(key.serialize_pem()),
+            serial: cert.serial,
+            not_after: cert.not_after,
+        })
+    }
+
+    fn leaf_params(&self, spec: &LeafSpec) -> Result<CertificateParams, CaError> {
         if spec.id.trust_domain() != self.trust_domain {
             return Err(CaError::Invalid(format!(
                 "{} is outside trust domain {}",
@@ -192,11 +224,15 @@ impl Authority {
         }
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
-        self.sign(params)
+        Ok(params)
     }
 
-    /// Signs arbitrary leaf parameters with a fresh P-256 key; [`Self::issue`] is the usual entry point.
-    pub fn sign(&self, mut params: CertificateParams) -> Result<IssuedSvid, CaError> {
+    /// Makes `params` a leaf (usages, serial, AKI) and signs it for `public_key` with the intermediate.
+    fn certify(
+        &self,
+        mut params: CertificateParams,
+        public_key: &impl PublicKeyData,
+    ) -> Result<IssuedCert, CaError> {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -206,15 +242,23 @@ impl Authority {
         params.use_authority_key_identifier_extension = true;
         let serial = random_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedSvid {
+        let cert = params.signed_by(public_key, &self.issuer)?;
+        Ok(IssuedCert {
             chain_pem: format!("{}{}", cert.pem(), self.intermediate_pem),
-            key_pem: Zeroizing::new(key.serialize_pem()),
             serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
             not_after: params.not_after,
         })
     }
+}
+
+/// A leaf certificate issued for a key the CA never saw.
+pub struct IssuedCert {
+    /// Leaf then intermediate, PEM.
+    pub chain_pem: String,
+    /// The leaf's serial number in hex.
+    pub serial: String,
+    /// When the leaf expires.
+    pub not_after: OffsetDateTime,
 }
 
 impl IssuedSvid {
