@@ -108,12 +108,53 @@ impl std::fmt::Debug for Authority {
 }
 
 impl Authority {
-    /// Creates a root and an intermediate for `trust_domain` in `dir`.
+    /// Creates a root and an intermediate for `trust_domain` in `dir`, both keys in files.
     pub fn init(
         dir: &Path,
         trust_domain: &str,
         root_ttl: Duration,
         intermediate_ttl: Duration,
+    ) -> Result<Self, CaError> {
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        Self::create(
+            dir,
+            trust_domain,
+            &root_key,
+            root_ttl,
+            intermediate_ttl,
+            || write_private(&dir.join("root.key"), &root_key.serialize_pem()),
+        )
+    }
+
+    /// Like [`Self::init`], with a root key held elsewhere (a PKCS#11 token) that never leaves it.
+    ///
+    /// The root key signs exactly two things, its own certificate and the
+    /// intermediate's. `root.key` is not written; `root.uri` records `uri`.
+    pub fn init_with_external_root<K: rcgen::SigningKey>(
+        dir: &Path,
+        trust_domain: &str,
+        root_key: &K,
+        uri: &str,
+        root_ttl: Duration,
+        intermediate_ttl: Duration,
+    ) -> Result<Self, CaError> {
+        Self::create(
+            dir,
+            trust_domain,
+            root_key,
+            root_ttl,
+            intermediate_ttl,
+            || write_public(&dir.join("root.uri"), &format!("{uri}\n")),
+        )
+    }
+
+    fn create<K: rcgen::SigningKey>(
+        dir: &Path,
+        trust_domain: &str,
+        root_key: &K,
+        root_ttl: Duration,
+        intermediate_ttl: Duration,
+        keep_root_key: impl FnOnce() -> Result<(), CaError>,
     ) -> Result<Self, CaError> {
         validate_trust_domain(trust_domain)
             .map_err(|e| CaError::Invalid(format!("trust domain {trust_domain:?}: {e}")))?;
@@ -123,16 +164,15 @@ impl Authority {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         let now = OffsetDateTime::now_utc();
 
-        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let root_params = ca_params(trust_domain, "root", now, root_ttl, None)?;
-        let root_cert = root_params.self_signed(&root_key)?;
-        let root = Issuer::new(root_params, &root_key);
+        let root_cert = root_params.self_signed(root_key)?;
+        let root = Issuer::new(root_params, root_key);
 
         let int_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let int_params = ca_params(trust_domain, "intermediate", now, intermediate_ttl, Some(0))?;
         let int_cert = int_params.signed_by(&int_key, &root)?;
 
-        write_private(&dir.join("root.key"), &root_key.serialize_pem())?;
+        keep_root_key()?;
         write_private(&dir.join("intermediate.key"), &int_key.serialize_pem())?;
         write_public(&dir.join("intermediate.pem"), &int_cert.pem())?;
         write_public(&dir.join("bundle.pem"), &root_cert.pem())?;

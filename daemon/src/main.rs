@@ -99,6 +99,8 @@ enum CaCommand {
         /// Intermediate lifetime.
         #[arg(long, default_value = "365d", value_parser = parse_duration)]
         intermediate_ttl: Duration,
+        #[command(flatten)]
+        hsm: HsmRoot,
     },
     /// Issue a leaf X.509-SVID with a fresh key.
     Issue {
@@ -120,6 +122,29 @@ enum CaCommand {
         #[arg(long)]
         key: PathBuf,
     },
+}
+
+/// Where the root key lives when it is kept in a PKCS#11 token.
+#[derive(Args)]
+struct HsmRoot {
+    /// The root key in a token, e.g. `pkcs11:token=ca;object=root`; it never leaves the token.
+    #[arg(long)]
+    root_key: Option<String>,
+    /// Generate the root key (EC P-256, unextractable) in the token first, labelled by `object=`.
+    #[arg(long, requires = "root_key")]
+    create_root_key: bool,
+    /// The PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, requires = "root_key")]
+    pkcs11_module: Option<PathBuf>,
+    /// Read the token PIN from this file (mode 0600).
+    #[arg(long, group = "pin")]
+    pin_file: Option<PathBuf>,
+    /// Read the token PIN from this environment variable.
+    #[arg(long, group = "pin")]
+    pin_env: Option<String>,
+    /// Read the token PIN from this systemd credential.
+    #[arg(long, group = "pin")]
+    pin_credential: Option<String>,
 }
 
 #[derive(Args)]
@@ -383,6 +408,36 @@ fn rotate_ticket_keys(file: &std::path::Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// Opens the token and finds (or first creates) the CA root key.
+fn hsm_root_key(hsm: &HsmRoot, uri: &str) -> Result<mtlsd_crypto::pkcs11::Pkcs11Key> {
+    use mtlsd_crypto::pkcs11::{EcCurve, Pin, Pkcs11Backend, Pkcs11Config, Pkcs11Uri};
+    let module = hsm
+        .pkcs11_module
+        .as_ref()
+        .context("--root-key needs --pkcs11-module")?;
+    let pin = match (&hsm.pin_file, &hsm.pin_env, &hsm.pin_credential) {
+        (Some(f), _, _) => Pin::from_file(f)?,
+        (_, Some(v), _) => Pin::from_env(v)?,
+        (_, _, Some(c)) => Pin::from_credential(c)?,
+        _ => anyhow::bail!("--root-key needs a PIN: --pin-file, --pin-env or --pin-credential"),
+    };
+    let backend = Pkcs11Backend::new(Pkcs11Config::new(module, pin))
+        .with_context(|| format!("opening PKCS#11 module {}", module.display()))?;
+    if hsm.create_root_key {
+        let parsed = Pkcs11Uri::parse(uri)?;
+        let (Some(token), Some(label)) = (&parsed.token, &parsed.object) else {
+            anyhow::bail!("--create-root-key needs token= and object= in --root-key");
+        };
+        let id = parsed
+            .id
+            .clone()
+            .unwrap_or_else(|| label.as_bytes().to_vec());
+        backend.generate_ec_key(token, label, &id, EcCurve::P256)?;
+        info!(token = %token, object = %label, "root key generated inside the token");
+    }
+    Ok(backend.load_key(uri)?)
+}
+
 fn run_ca(command: CaCommand) -> Result<()> {
     match command {
         CaCommand::Init {
@@ -390,8 +445,23 @@ fn run_ca(command: CaCommand) -> Result<()> {
             trust_domain,
             root_ttl,
             intermediate_ttl,
+            hsm,
         } => {
-            let ca = Authority::init(&dir.dir, &trust_domain, root_ttl, intermediate_ttl)?;
+            let ca = match &hsm.root_key {
+                None => Authority::init(&dir.dir, &trust_domain, root_ttl, intermediate_ttl)?,
+                Some(uri) => {
+                    let key = hsm_root_key(&hsm, uri)?;
+                    let shown = mtlsd_crypto::KeyRef::parse(uri).to_string();
+                    Authority::init_with_external_root(
+                        &dir.dir,
+                        &trust_domain,
+                        &key,
+                        &shown,
+                        root_ttl,
+                        intermediate_ttl,
+                    )?
+                }
+            };
             info!(dir = %dir.dir.display(), trust_domain = ca.trust_domain(), bundle = %ca.bundle_path().display(), "CA created");
         }
         CaCommand::Issue {

@@ -15,12 +15,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtlsd_crypto::offload::{Fallback, FallbackOptions, Health, Limits, Offloaded, Stats};
+use mtlsd_crypto::offload::{Fallback, FallbackOptions, Health, Limits, Offloaded, Slow, Stats};
 use mtlsd_crypto::software::Software;
 use mtlsd_crypto::{Backend, KeyRef};
 use rustls::SignatureScheme;
 use rustls::sign::SigningKey;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{BackendKind, CryptoConfig, PinSource};
 
@@ -96,8 +96,14 @@ pub fn load_signing_key(
     backend: &dyn Backend,
     key: &KeyRef,
 ) -> Result<(Arc<dyn SigningKey>, Option<DeviceKey>), mtlsd_crypto::Error> {
-    let loaded = backend.load_signing_key(key)?;
-    if !backend.is_device() {
+    let mut loaded = backend.load_signing_key(key)?;
+    if let Some(delay) = crypto.simulate_latency {
+        warn!(
+            delay_ms = delay.as_millis() as u64,
+            "crypto.simulate_latency is set: every signature is slowed down on purpose"
+        );
+        loaded = Arc::new(Slow::new(loaded, delay));
+    } else if !backend.is_device() {
         return Ok((loaded, None));
     }
     // A key file used through an ENGINE also exists in software: that copy takes over when

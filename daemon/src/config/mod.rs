@@ -170,6 +170,10 @@ pub struct CryptoConfig {
     pub backend: BackendKind,
     /// Device signatures in flight at once; more wait (bounded) for a slot.
     pub max_in_flight: usize,
+    /// Added to every signature, as a slow HSM or a remote signer would: for tests and capacity
+    /// planning. The key is then treated as a device key (offloaded).
+    #[serde(serialize_with = "as_optional_duration")]
+    pub simulate_latency: Option<Duration>,
 }
 
 impl Default for CryptoConfig {
@@ -177,7 +181,18 @@ impl Default for CryptoConfig {
         Self {
             backend: BackendKind::Software,
             max_in_flight: 64,
+            simulate_latency: None,
         }
+    }
+}
+
+fn as_optional_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format_duration(*d)),
+        None => s.serialize_none(),
     }
 }
 
@@ -599,6 +614,10 @@ impl Validator<'_> {
                     .filter(|n| *n > 0)
                     .ok_or("must be a positive integer")
             })?;
+        }
+        if let Some(d) = &raw.simulate_latency {
+            out.simulate_latency =
+                Some(self.check(d, "crypto.simulate_latency", |s| parse_duration(s))?);
         }
         let name = match &raw.backend {
             None => "software",

@@ -39,6 +39,7 @@ pub(super) struct RawIdentity {
 pub(super) struct RawCrypto {
     pub backend: Option<S<String>>,
     pub max_in_flight: Option<S<i64>>,
+    pub simulate_latency: Option<S<String>>,
     pub pkcs11: Option<S<RawPkcs11>>,
     pub openssl: Option<S<RawOpenssl>>,
 }

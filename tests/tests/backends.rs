@@ -1,0 +1,341 @@
+//! Crypto backends end to end: keys and CA roots in SoftHSM2, the OpenSSL ENGINE path, and a slow device.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mtlsd::ca::LeafSpec;
+use mtlsd_crypto::KeyRef;
+use mtlsd_crypto::pkcs11::EcCurve;
+use mtlsd_crypto::test_support::SoftHsm;
+use mtlsd_e2e::*;
+
+const TD: &str = "example.org";
+
+/// A key generated inside a fresh token of the process-wide SoftHSM, and a certificate for it.
+struct HsmSvid {
+    uri: String,
+    cert: PathBuf,
+}
+
+fn hsm_svid(hsm: &SoftHsm, pki: &Pki, token: &str, id: &str) -> HsmSvid {
+    let token = hsm.token(token);
+    let backend = hsm.backend(1);
+    let KeyRef::Pkcs11(uri) = backend
+        .generate_ec_key(&token, "svid", b"\x01", EcCurve::P256)
+        .unwrap()
+    else {
+        panic!("a pkcs11 key reference");
+    };
+    let key = backend.load_key(&uri).unwrap();
+    let mut spec = LeafSpec::new(id.parse().unwrap(), Duration::from_secs(3600));
+    spec.dns_names.push("localhost".into());
+    let issued = pki.ca.issue_for_key(&spec, &key).unwrap();
+    let cert = pki.dir.path().join(format!("{token}.pem"));
+    std::fs::write(&cert, &issued.chain_pem).unwrap();
+    HsmSvid { uri, cert }
+}
+
+fn curl(addr: std::net::SocketAddr, pki: &Pki, client: &CertFiles) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(pki.bundle())
+        .arg("--cert")
+        .arg(&client.cert)
+        .arg("--key")
+        .arg(&client.key)
+        .arg(format!("https://localhost:{}/", addr.port()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s_client(addr: std::net::SocketAddr, pki: &Pki, client: &CertFiles) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &addr.to_string(),
+            "-CAfile",
+        ])
+        .arg(pki.bundle())
+        .arg("-cert")
+        .arg(&client.cert)
+        .arg("-cert_chain")
+        .arg(&client.cert)
+        .arg("-key")
+        .arg(&client.key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pkcs11_crypto(hsm: &SoftHsm) -> String {
+    format!(
+        "\n[crypto]\nbackend = \"pkcs11\"\n[crypto.pkcs11]\nmodule = \"{}\"\npin_file = \"{}\"\npool_size = 2\n",
+        hsm.module().display(),
+        hsm.pin_file().display()
+    )
+}
+
+fn identity(pki: &Pki, cert: &Path, key: &str) -> String {
+    format!(
+        "[identity]\ntrust_domain = \"{TD}\"\ncert = \"{}\"\nkey = \"{key}\"\nbundle = \"{}\"\n",
+        cert.display(),
+        pki.bundle().display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_held_in_softhsm_serves_curl_and_openssl_s_client() {
+    if !SoftHsm::available() {
+        return;
+    }
+    let hsm = SoftHsm::process();
+    let pki = Pki::new(TD);
+    let svid = hsm_svid(hsm, &pki, "leaf-token", &pki.id("/web"));
+    let upstream = http_upstream("hello from behind the HSM\n").await;
+    let daemon = Daemon::start(
+        &(identity(&pki, &svid.cert, &svid.uri)
+            + &pkcs11_crypto(hsm)
+            + "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+            + &pki.inbound("web", upstream.addr, "")),
+    );
+    let addr = daemon.addr("web");
+    let client = pki.issue(&pki.id("/frontend"));
+    assert_eq!(curl(addr, &pki, &client), "hello from behind the HSM\n");
+    assert!(s_client(addr, &pki, &client).ends_with("hello from behind the HSM\n"));
+
+    let (_, text) = admin_request(daemon.admin_addr(), "/metrics", None);
+    let labels = format!(r#"{{backend="pkcs11",key="{}"}}"#, svid.uri);
+    let ops = metric(&text, &format!("mtlsd_crypto_operations_total{labels}")).unwrap();
+    assert!(
+        ops >= 2.0,
+        "one signature per handshake went through the token: {ops}\n{text}"
+    );
+    assert_eq!(
+        metric(&text, &format!("mtlsd_crypto_device_healthy{labels}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, &format!("mtlsd_crypto_errors_total{labels}")),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_whose_root_key_never_leaves_the_token_issues_chains_openssl_and_curl_accept() {
+    if !SoftHsm::available() {
+        return;
+    }
+    let hsm = SoftHsm::new();
+    let token = hsm.token("ca-root");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let uri = format!("pkcs11:token={token};object=root");
+    let out = Command::new(mtlsd_bin())
+        .args(["ca", "init", "--trust-domain", TD, "--dir"])
+        .arg(&ca_dir)
+        .args(["--root-key", &uri, "--create-root-key", "--pkcs11-module"])
+        .arg(hsm.module())
+        .arg("--pin-file")
+        .arg(hsm.pin_file())
+        .envs(hsm.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !ca_dir.join("root.key").exists(),
+        "the root key must not be written out"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ca_dir.join("root.uri"))
+            .unwrap()
+            .trim(),
+        uri
+    );
+
+    // Day-to-day issuance uses the intermediate; the chain ends at the HSM-signed root.
+    let leaf = dir.path().join("leaf.pem");
+    let key = dir.path().join("leaf.key");
+    let out = Command::new(mtlsd_bin())
+        .args(["ca", "issue", "--dir"])
+        .arg(&ca_dir)
+        .args([
+            "--id",
+            &format!("spiffe://{TD}/web"),
+            "--dns",
+            "localhost",
+            "--cert",
+        ])
+        .arg(&leaf)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(ca_dir.join("root.pem"))
+        .arg("-untrusted")
+        .arg(ca_dir.join("intermediate.pem"))
+        .arg(&leaf)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // curl trusts the HSM-rooted bundle when talking to a daemon holding that leaf.
+    let upstream = http_upstream("rooted in the HSM\n").await;
+    let bundle = ca_dir.join("bundle.pem");
+    let client_cert = dir.path().join("client.pem");
+    let client_key = dir.path().join("client.key");
+    let out = Command::new(mtlsd_bin())
+        .args(["ca", "issue", "--dir"])
+        .arg(&ca_dir)
+        .args(["--id", &format!("spiffe://{TD}/frontend"), "--cert"])
+        .arg(&client_cert)
+        .arg("--key")
+        .arg(&client_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let daemon = Daemon::start(&format!(
+        "[identity]\ntrust_domain = \"{TD}\"\ncert = \"{}\"\nkey = \"{}\"\nbundle = \"{}\"\n\
+         [[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n",
+        leaf.display(),
+        key.display(),
+        bundle.display(),
+        upstream.addr
+    ));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&bundle)
+        .arg("--cert")
+        .arg(&client_cert)
+        .arg("--key")
+        .arg(&client_key)
+        .arg(format!("https://localhost:{}/", daemon.addr("web").port()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rooted in the HSM\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_device_does_not_stall_established_connections() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    // Every signature takes 2 s: long enough that the ordering below cannot be a race.
+    let daemon = pki.start_daemon(&format!(
+        "\n[crypto]\nsimulate_latency = \"2s\"\n{}",
+        pki.inbound("web", upstream.addr, "")
+    ));
+    let addr = daemon.addr("web");
+    // Established before the storm (it paid its 2 s once).
+    let mut established = tls_connect(addr, pki.client("/steady")).await.unwrap();
+    assert_eq!(
+        echo_round_trip(&mut established, b"warm").await.unwrap(),
+        b"warm"
+    );
+
+    let completed = Arc::new(AtomicUsize::new(0));
+    let mut storm = Vec::new();
+    for i in 0..50 {
+        let (client, completed) = (pki.client(&format!("/storm/{i}")), completed.clone());
+        storm.push(tokio::spawn(async move {
+            let mut tls = tls_connect(addr, client).await?;
+            let echoed = echo_round_trip(&mut tls, b"late").await?;
+            completed.fetch_add(1, Ordering::SeqCst);
+            std::io::Result::Ok(echoed)
+        }));
+    }
+    // While the 50 handshakes wait on the device, the established stream keeps flowing.
+    for i in 0..20 {
+        let msg = format!("round {i}");
+        assert_eq!(
+            echo_round_trip(&mut established, msg.as_bytes())
+                .await
+                .unwrap(),
+            msg.as_bytes()
+        );
+    }
+    assert_eq!(
+        completed.load(Ordering::SeqCst),
+        0,
+        "20 round trips finished before any 2-second handshake could"
+    );
+    // And the device keeps many operations in flight: all 50 complete.
+    for h in storm {
+        let echoed = tokio::time::timeout(WAIT, h)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, b"late");
+    }
+    assert_eq!(completed.load(Ordering::SeqCst), 50);
+}
+
+#[cfg(feature = "openssl")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openssl_engine_path_signs_with_a_token_key_through_libp11() {
+    if !SoftHsm::available() {
+        return;
+    }
+    let hsm = SoftHsm::process();
+    let pki = Pki::new(TD);
+    let svid = hsm_svid(hsm, &pki, "engine-token", &pki.id("/web"));
+    let upstream = http_upstream("signed through the pkcs11 engine\n").await;
+    let crypto = format!(
+        "\n[crypto]\nbackend = \"openssl\"\n[crypto.openssl]\nengine = \"pkcs11\"\n\
+         engine_ctrl = [[\"MODULE_PATH\", \"{}\"], [\"PIN\", \"{}\"]]\n",
+        hsm.module().display(),
+        mtlsd_crypto::test_support::USER_PIN
+    );
+    let daemon = Daemon::start(
+        &(identity(&pki, &svid.cert, &svid.uri) + &crypto + &pki.inbound("web", upstream.addr, "")),
+    );
+    let client = pki.issue(&pki.id("/frontend"));
+    assert_eq!(
+        curl(daemon.addr("web"), &pki, &client),
+        "signed through the pkcs11 engine\n"
+    );
+}
