@@ -141,4 +141,33 @@ pub enum Error {
         /// What failed (the control command name is included, its value is not).
         reason: String,
     },
+    /// A device key could not sign (the device failed and no software copy exists).
+    #[error("{backend} key {key} unavailable: {reason}")]
+    DeviceUnavailable {
+        /// The device backend.
+        backend: &'static str,
+        /// The key reference (PIN elided).
+        key: String,
+        /// What the device said.
+        reason: String,
+    },
+    /// Every device slot stayed busy past the wait.
+    #[error(
+        "device busy: {in_flight} signatures already in flight for {key} and none finished within {waited_ms} ms"
+    )]
+    DeviceBusy {
+        /// The key reference.
+        key: String,
+        /// `max_in_flight`.
+        in_flight: usize,
+        /// How long the signature waited.
+        waited_ms: u64,
+    },
+}
+
+impl Error {
+    /// Wraps this error for rustls, keeping its type so callers can classify failed handshakes.
+    pub fn into_tls(self) -> rustls::Error {
+        rustls::Error::Other(rustls::OtherError(std::sync::Arc::new(self)))
+    }
 }

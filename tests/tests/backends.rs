@@ -339,3 +339,64 @@ async fn the_openssl_engine_path_signs_with_a_token_key_through_libp11() {
         "signed through the pkcs11 engine\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_token_refuses_new_handshakes_with_a_reason_and_turns_readiness_off() {
+    if !SoftHsm::available() {
+        return;
+    }
+    let hsm = SoftHsm::process();
+    let pki = Pki::new(TD);
+    let svid = hsm_svid(hsm, &pki, "failing-token", &pki.id("/web"));
+    let upstream = echo_upstream().await;
+    let daemon = Daemon::start(
+        &(identity(&pki, &svid.cert, &svid.uri)
+            + &pkcs11_crypto(hsm)
+            + "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+            + &pki.inbound("web", upstream.addr, "")),
+    );
+    let addr = daemon.addr("web");
+    let admin = daemon.admin_addr();
+    let mut established = tls_connect(addr, pki.client("/before")).await.unwrap();
+    assert_eq!(
+        echo_round_trip(&mut established, b"up").await.unwrap(),
+        b"up"
+    );
+    assert_eq!(admin_request(admin, "/ready", None).0, 200);
+
+    // Take the key objects out of the token, as a pulled or wiped HSM would.
+    let away = tempfile::tempdir().unwrap();
+    for token in std::fs::read_dir(hsm.dir().join("tokens")).unwrap() {
+        for object in std::fs::read_dir(token.unwrap().path()).unwrap() {
+            let path = object.unwrap().path();
+            let name = path.file_name().unwrap().to_owned();
+            if name != "token.object" && path.extension().is_some_and(|e| e == "object") {
+                std::fs::rename(&path, away.path().join(name)).unwrap();
+            }
+        }
+    }
+
+    if let Ok(tls) = tls_connect(addr, pki.client("/after")).await {
+        assert!(refused_on_read(tls).await);
+    }
+    let refused = daemon.refused("key_unavailable");
+    assert!(
+        refused["detail"].as_str().unwrap().contains(&svid.uri),
+        "the refusal names the key: {refused}"
+    );
+    let (status, body) = admin_request(admin, "/ready", None);
+    assert_eq!(status, 503);
+    assert!(body.contains("pkcs11 device holding our key"), "{body}");
+    let (_, metrics) = admin_request(admin, "/metrics", None);
+    let labels = format!(r#"{{backend="pkcs11",key="{}"}}"#, svid.uri);
+    assert_eq!(
+        metric(&metrics, &format!("mtlsd_crypto_device_healthy{labels}")),
+        Some(0.0)
+    );
+    assert!(metric(&metrics, &format!("mtlsd_crypto_errors_total{labels}")).unwrap() >= 1.0);
+    // The established connection does not need the key and keeps flowing.
+    assert_eq!(
+        echo_round_trip(&mut established, b"still").await.unwrap(),
+        b"still"
+    );
+}

@@ -216,10 +216,12 @@ impl Signer for FallbackSigner {
                             );
                         }
                         // The error itself is counted by Offloaded, which sees it returned.
-                        Err(rustls::Error::General(format!(
-                            "{} key {} unavailable: {error}",
-                            opts.backend, opts.key
-                        )))
+                        Err(Error::DeviceUnavailable {
+                            backend: opts.backend,
+                            key: opts.key.clone(),
+                            reason: error.to_string(),
+                        }
+                        .into_tls())
                     }
                 }
             }

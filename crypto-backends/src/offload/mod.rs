@@ -252,10 +252,12 @@ impl Signer for OffloadedSigner {
                     waited_ms = shared.limits.wait_timeout.as_millis() as u64,
                     "device busy: signature refused"
                 );
-                return Err(rustls::Error::General(format!(
-                    "device busy: {} signatures already in flight for {} and none finished within {:?}",
-                    shared.limits.max_in_flight, shared.name, shared.limits.wait_timeout
-                )));
+                return Err(crate::Error::DeviceBusy {
+                    key: shared.name.clone(),
+                    in_flight: shared.limits.max_in_flight,
+                    waited_ms: shared.limits.wait_timeout.as_millis() as u64,
+                }
+                .into_tls());
             };
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let start = Instant::now();

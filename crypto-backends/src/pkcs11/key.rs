@@ -409,12 +409,19 @@ impl Pkcs11Key {
                     return Err(pool.err(what(), err));
                 }
                 // After a logout some tokens answer with an invalid key handle
-                // rather than CKR_USER_NOT_LOGGED_IN: ask the session.
-                Fault::LoggedOut | Fault::Other
-                    if !SessionPool::is_logged_in(checked_out.session()) =>
+                // rather than CKR_USER_NOT_LOGGED_IN, and a token that came back
+                // (reinserted, restored) has new handles: log in if needed, then
+                // look the key up again by its URI.
+                Fault::LoggedOut | Fault::Other | Fault::StaleHandle
+                    if !SessionPool::is_logged_in(checked_out.session())
+                        || fault(&err) == Fault::StaleHandle =>
                 {
-                    tracing::info!(key = %inner.uri, token = pool.token(), "PKCS#11 token logged out; logging in again");
-                    pool.login(checked_out.session())?;
+                    if !SessionPool::is_logged_in(checked_out.session()) {
+                        tracing::info!(key = %inner.uri, token = pool.token(), "PKCS#11 token logged out; logging in again");
+                        pool.login(checked_out.session())?;
+                    } else {
+                        tracing::info!(key = %inner.uri, token = pool.token(), "PKCS#11 key handle went stale; looking the key up again");
+                    }
                     let fresh = find_key(
                         pool,
                         checked_out.session(),
@@ -427,7 +434,9 @@ impl Pkcs11Key {
                     })?;
                     *inner.handle.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
                 }
-                Fault::LoggedOut | Fault::Other => return Err(pool.err(what(), err)),
+                Fault::LoggedOut | Fault::Other | Fault::StaleHandle => {
+                    return Err(pool.err(what(), err));
+                }
             }
         }
     }

@@ -46,6 +46,9 @@ pub(crate) enum Fault {
     SessionLost,
     /// The device failed; the session is dropped and the error reported.
     Device,
+    /// Our key's object handle no longer names it (the token was reinserted or
+    /// reloaded): look the key up again by its URI.
+    StaleHandle,
     /// The operation was refused for a reason a new session would not fix.
     Other,
 }
@@ -55,6 +58,7 @@ pub(crate) fn fault(err: &CkError) -> Fault {
     match err {
         CkError::Pkcs11(rv, _) => match rv {
             RvError::UserNotLoggedIn => Fault::LoggedOut,
+            RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => Fault::StaleHandle,
             RvError::SessionHandleInvalid | RvError::SessionClosed => Fault::SessionLost,
             RvError::DeviceError
             | RvError::DeviceRemoved

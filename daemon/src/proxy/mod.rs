@@ -60,6 +60,10 @@ pub enum RefuseReason {
     Denied,
     /// The upstream could not be reached.
     UpstreamUnavailable,
+    /// Our private key could not sign: its device failed and no software copy exists.
+    KeyUnavailable,
+    /// Our key's device stayed saturated (`max_in_flight`) past the wait.
+    DeviceBusy,
 }
 
 impl RefuseReason {
@@ -82,6 +86,8 @@ impl RefuseReason {
             Self::NotAllowed => "not_allowed",
             Self::Denied => "denied",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::KeyUnavailable => "key_unavailable",
+            Self::DeviceBusy => "device_busy",
         }
     }
 
@@ -123,6 +129,11 @@ impl RefuseReason {
                     None => Self::BadCertificate,
                 },
                 _ => Self::BadCertificate,
+            },
+            TlsError::Other(other) => match other.0.downcast_ref::<mtlsd_crypto::Error>() {
+                Some(mtlsd_crypto::Error::DeviceUnavailable { .. }) => Self::KeyUnavailable,
+                Some(mtlsd_crypto::Error::DeviceBusy { .. }) => Self::DeviceBusy,
+                _ => Self::TlsError,
             },
             _ => Self::TlsError,
         }
