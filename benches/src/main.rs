@@ -1,220 +1,593 @@
-//! `mtlsd-bench`: drives real mTLS load through a real `mtlsd` process and reports its CPU cost.
+//! `mtlsd-bench`: drives real mTLS load through mtlsd and, side by side, through HAProxy, nginx
+//! (stream) and stunnel from Debian, and reports what each costs the server.
 //!
-//! The daemon is started from the binary next to this one, pinned to core 0
-//! (run this tool under `taskset -c 1`), with a fresh test PKI (ECDSA P-256,
-//! SPIFFE URI SANs). Server CPU time is read from `/proc/<pid>/stat` before
-//! and after each phase, so numbers are CPU per operation, not wall time.
+//! Every contender gets the same test PKI (ECDSA P-256 leaves with SPIFFE URI SANs issued by an
+//! intermediate), requires and verifies the client certificate, speaks TLS 1.3 only and forwards
+//! plaintext to the same local upstreams. The server is pinned to one core and this client (and
+//! the upstreams) to another. Contenders are interleaved round by round (A B C, A B C, ...), each
+//! round with a fresh server process; CPU time (user + system of every process of the contender)
+//! and RSS are read from `/proc` around each workload. Medians, spreads and ratios against a
+//! baseline contender go to a table or JSON, and the JSON renders to SVG charts.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a report tool: stdout and stderr are its output
 
+mod chart;
+mod contender;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use mtlsd_e2e::{Pki, tls_connect, upstream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use contender::{Running, Setup, Spec};
+use mtlsd_e2e::{Pki, echo_upstream, upstream};
+use serde_json::{Value, json};
 
 #[derive(Parser)]
-#[command(about = "mTLS load generator for mtlsd: CPU per handshake and per GB")]
+#[command(
+    args_override_self = true,
+    about = "mTLS load generator: server CPU per handshake and per GiB, latency and memory, \
+             for mtlsd and (with --compare) HAProxy, nginx and stunnel"
+)]
 struct Args {
-    /// Full mTLS handshakes to measure (after a warm-up of a tenth as many).
+    /// Contenders, comma-separated, from: mtlsd (client prefers X25519MLKEM768), mtlsd-x25519
+    /// (client offers X25519 only, like for like with OpenSSL 3.0), haproxy, nginx, stunnel.
+    /// "auto": both mtlsd variants and every peer installed (with CI set: all peers, required).
+    #[arg(long, alias = "target", default_value = "mtlsd")]
+    compare: String,
+    /// Contender the ratios are taken against (default: mtlsd-x25519 if compared, else the first).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Interleaved rounds; each contender runs once per round in a fresh process.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// Full mTLS handshakes per round (after a warm-up of a tenth as many); 0 skips them.
     #[arg(long, default_value_t = 2000)]
     handshakes: u32,
-    /// Concurrent clients during the handshake phase.
+    /// Resumed handshakes per round (the client keeps a session cache); 0 skips them.
+    #[arg(long, default_value_t = 0)]
+    resumed: u32,
+    /// Concurrent clients during handshake storms and while opening idle connections.
     #[arg(long, default_value_t = 8)]
     concurrency: u32,
-    /// Megabytes to forward in the bulk phase.
+    /// Request rates (comma-separated) for the 64-byte echo latency workload; none skips it.
+    #[arg(long, value_delimiter = ',')]
+    latency_rps: Vec<u32>,
+    /// Seconds each latency rate runs.
+    #[arg(long, default_value_t = 5.0)]
+    latency_secs: f64,
+    /// Idle proxied connections to hold while reading the server's RSS; 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    idle: u32,
+    /// MiB to forward in the bulk phase (one connection); 0 skips it.
     #[arg(long, default_value_t = 1024)]
     bulk_mb: u64,
-    /// Core to pin the daemon to (none: leave it unpinned).
-    #[arg(long, default_value = "0")]
-    daemon_cpu: Option<String>,
-    /// Print one JSON object instead of a table.
+    /// Core to pin the server to.
+    #[arg(long, alias = "daemon-cpu", default_value_t = 0)]
+    server_cpu: usize,
+    /// Core to pin this client (and the upstreams) to.
+    #[arg(long, default_value_t = 1)]
+    client_cpu: usize,
+    /// Leave server and client unpinned.
+    #[arg(long)]
+    no_pin: bool,
+    /// Tiny numbers for the test suite: proves the harness runs, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object instead of the tables.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// Render SVG charts of the report into this directory.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Do not run anything: read a JSON report written earlier, print its tables (and charts).
+    #[arg(long)]
+    render: Option<PathBuf>,
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th overall.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / ticks_per_second
+impl Args {
+    fn apply_smoke(&mut self) {
+        self.rounds = 1;
+        self.handshakes = 20;
+        self.resumed = 20;
+        self.concurrency = 2;
+        self.latency_rps = vec![200];
+        self.latency_secs = 0.5;
+        self.idle = 20;
+        self.bulk_mb = 2;
+        self.no_pin = true;
+    }
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
+type Metrics = BTreeMap<String, f64>;
+
+/// What one contender reported over all rounds.
+struct Outcome {
+    spec: Spec,
+    software: String,
+    group: String,
+    suite: String,
+    rounds: Vec<Metrics>,
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
         .output()
         .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
-#[allow(clippy::print_stdout)] // a report tool: stdout is its output
+fn machine() -> Value {
+    let lscpu = command_line("lscpu", &[]);
+    let cpu = lscpu
+        .lines()
+        .find_map(|l| l.strip_prefix("Model name:"))
+        .map(|m| m.trim().to_owned())
+        .unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "kernel": command_line("uname", &["-r"]),
+        "openssl": command_line("openssl", &["version"]),
+    })
+}
+
+fn resolve_contenders(list: &str) -> Result<Vec<Spec>, String> {
+    if list == "auto" {
+        let required = std::env::var_os("CI").is_some();
+        let mut specs = Vec::new();
+        for name in contender::ALL {
+            let spec = Spec::parse(name)?;
+            if spec.available() {
+                specs.push(spec);
+            } else if required {
+                return Err(format!(
+                    "CI is set but {name} is not installed (Debian: {})",
+                    spec.package()
+                ));
+            } else {
+                eprintln!(
+                    "mtlsd-bench: skipping {name}: not installed (Debian: {})",
+                    spec.package()
+                );
+            }
+        }
+        return Ok(specs);
+    }
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let spec = Spec::parse(name)?;
+            if !spec.available() {
+                return Err(format!(
+                    "{name} is not installed (Debian: {})",
+                    spec.package()
+                ));
+            }
+            Ok(spec)
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
-    let ticks = clock_ticks();
-    let pki = Pki::new("bench.example");
-    // One-byte echo for handshakes, a discarding sink for bulk: the upstream's own work stays small.
-    let echo = upstream(|mut s| async move {
-        let mut b = [0u8; 1];
-        if s.read_exact(&mut b).await.is_ok() {
-            let _ = s.write_all(&b).await;
+    let mut args = Args::parse();
+    if let Some(path) = &args.render {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let report: Value = serde_json::from_str(&text).expect("a JSON report from mtlsd-bench");
+        output(&args, &report);
+        return;
+    }
+    if args.smoke {
+        args.apply_smoke();
+    }
+    let specs = resolve_contenders(&args.compare).unwrap_or_else(|e| {
+        eprintln!("mtlsd-bench: {e}");
+        std::process::exit(2)
+    });
+    let report = run(&args, &specs).await;
+    output(&args, &report);
+}
+
+fn output(args: &Args, report: &Value) {
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(report).unwrap() + "\n")
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    if let Some(dir) = &args.chart {
+        let written = chart::render_all(report, dir)
+            .unwrap_or_else(|e| panic!("charts in {}: {e}", dir.display()));
+        for path in written {
+            eprintln!("mtlsd-bench: wrote {}", path.display());
         }
-    })
-    .await;
-    let sink = upstream(|mut s| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        while let Ok(n @ 1..) = s.read(&mut buf).await {
-            total += n as u64;
-        }
-        let _ = s.write_all(&total.to_be_bytes()).await;
-    })
-    .await;
-    let daemon =
-        pki.start_daemon(&(pki.inbound("hs", echo.addr, "") + &pki.inbound("bulk", sink.addr, "")));
-    if let Some(cpu) = &args.daemon_cpu {
-        let pinned = Command::new("taskset")
-            .args(["-a", "-pc", cpu, &daemon.pid().to_string()])
-            .output();
-        assert!(
-            pinned.is_ok_and(|o| o.status.success()),
-            "taskset failed: run without --daemon-cpu or install util-linux"
+    }
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", tables(report));
+    }
+}
+
+async fn run(args: &Args, specs: &[Spec]) -> Value {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = !args.no_pin && cores > args.server_cpu.max(args.client_cpu);
+    if !args.no_pin && !pin {
+        eprintln!(
+            "mtlsd-bench: {cores} core(s): cannot pin to cores {} and {}; running unpinned",
+            args.server_cpu, args.client_cpu
         );
     }
-    let client = pki.client("/client");
+    if pin {
+        contender::pin(std::process::id(), args.client_cpu);
+    }
 
-    // Handshakes: connect, full mTLS handshake, one byte through the upstream and back.
-    let hs_addr = daemon.addr("hs");
-    let run = |n: u32| {
-        let client = client.clone();
-        async move {
-            let per_task = n.div_ceil(args.concurrency);
-            let tasks: Vec<_> = (0..args.concurrency)
-                .map(|_| {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..per_task {
-                            let mut tls = tls_connect(hs_addr, client.clone())
-                                .await
-                                .expect("handshake");
-                            tls.write_all(b"x").await.unwrap();
-                            let mut b = [0u8; 1];
-                            tls.read_exact(&mut b).await.expect("echo");
-                        }
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-            per_task * args.concurrency
-        }
+    let pki = Pki::new("bench.example");
+    let day = Duration::from_secs(86_400);
+    let server = pki.issue_for(&pki.id("/web"), day);
+    let client = pki.issue_for(&pki.id("/client"), day);
+    let echo = echo_upstream().await;
+    let sink = upstream(workload::sink).await;
+    let setup = Setup {
+        pki: &pki,
+        server: &server,
+        echo: echo.addr,
+        sink: sink.addr,
+        cpu: pin.then_some(args.server_cpu),
+        max_connections: args.idle as usize,
     };
-    run(args.handshakes / 10 + 1).await;
-    let (cpu0, t0) = (cpu_seconds(daemon.pid(), ticks), Instant::now());
-    let done = run(args.handshakes).await;
-    let (hs_cpu, hs_wall) = (cpu_seconds(daemon.pid(), ticks) - cpu0, t0.elapsed());
 
-    // Bulk: one connection, `bulk_mb` towards the upstream, which reports what it received.
-    let bytes = args.bulk_mb * 1024 * 1024;
-    let mut tls = tls_connect(daemon.addr("bulk"), client)
-        .await
-        .expect("bulk handshake");
-    let chunk = vec![0x5au8; 64 * 1024];
-    let (cpu0, t0) = (cpu_seconds(daemon.pid(), ticks), Instant::now());
-    let mut sent = 0;
-    while sent < bytes {
-        tls.write_all(&chunk).await.unwrap();
-        sent += chunk.len() as u64;
-    }
-    tls.shutdown().await.unwrap();
-    let mut total = [0u8; 8];
-    tls.read_exact(&mut total).await.unwrap();
-    let (bulk_cpu, bulk_wall) = (cpu_seconds(daemon.pid(), ticks) - cpu0, t0.elapsed());
-    assert_eq!(
-        u64::from_be_bytes(total),
-        sent,
-        "the upstream received every byte"
-    );
-
-    let report = Report::new(
-        done,
-        hs_cpu,
-        hs_wall,
-        sent,
-        bulk_cpu,
-        bulk_wall,
-        args.daemon_cpu.is_some(),
-    );
-    if args.json {
-        println!("{}", report.json());
-    } else {
-        println!("{}", report.table());
-    }
-}
-
-struct Report {
-    handshakes: u32,
-    cpu_us_per_handshake: f64,
-    handshakes_per_s: f64,
-    bulk_bytes: u64,
-    bulk_mb_per_s: f64,
-    cpu_s_per_gb: f64,
-    pinned: bool,
-}
-
-impl Report {
-    fn new(
-        handshakes: u32,
-        hs_cpu: f64,
-        hs_wall: Duration,
-        bytes: u64,
-        bulk_cpu: f64,
-        bulk_wall: Duration,
-        pinned: bool,
-    ) -> Self {
-        let mb = bytes as f64 / (1024.0 * 1024.0);
-        Self {
-            handshakes,
-            cpu_us_per_handshake: hs_cpu * 1e6 / f64::from(handshakes),
-            handshakes_per_s: f64::from(handshakes) / hs_wall.as_secs_f64(),
-            bulk_bytes: bytes,
-            bulk_mb_per_s: mb / bulk_wall.as_secs_f64(),
-            cpu_s_per_gb: bulk_cpu / (mb / 1024.0),
-            pinned,
+    let mut outcomes: Vec<Outcome> = specs
+        .iter()
+        .map(|spec| Outcome {
+            spec: spec.clone(),
+            software: spec.software(),
+            group: String::new(),
+            suite: String::new(),
+            rounds: Vec::new(),
+        })
+        .collect();
+    for round in 1..=args.rounds {
+        for outcome in &mut outcomes {
+            eprintln!(
+                "mtlsd-bench: round {round}/{}: {}",
+                args.rounds, outcome.spec.name
+            );
+            let running = Running::start(&outcome.spec, &setup)
+                .unwrap_or_else(|e| panic!("starting {}: {e}", outcome.spec.name));
+            let metrics = measure(args, &pki, &client, &running, outcome, echo.addr)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", outcome.spec.name));
+            running.stop();
+            outcome.rounds.push(metrics);
         }
     }
+    let baseline = args.baseline.clone().unwrap_or_else(|| {
+        if specs.iter().any(|s| s.name == "mtlsd-x25519") {
+            "mtlsd-x25519".into()
+        } else {
+            specs.first().map(|s| s.name.clone()).unwrap_or_default()
+        }
+    });
+    report(args, pin, &baseline, &outcomes)
+}
 
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "handshakes": self.handshakes,
-            "server_cpu_us_per_full_handshake": self.cpu_us_per_handshake,
-            "handshakes_per_s": self.handshakes_per_s,
-            "bulk_bytes": self.bulk_bytes,
-            "bulk_mb_per_s": self.bulk_mb_per_s,
-            "server_cpu_s_per_gb": self.cpu_s_per_gb,
-            "daemon_pinned": self.pinned,
-        })
+const QUANTILES: [(f64, &str); 3] = [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")];
+
+/// Runs every workload once against `running`, sampling its CPU and RSS around each.
+async fn measure(
+    args: &Args,
+    pki: &Pki,
+    client: &mtlsd_e2e::CertFiles,
+    running: &Running,
+    outcome: &mut Outcome,
+    upstream: SocketAddr,
+) -> Result<Metrics, String> {
+    let x = outcome.spec.x25519_only;
+    let full_config = workload::client_config(pki, client, x, false);
+    let resume_config = workload::client_config(pki, client, x, true);
+    let c = args.concurrency;
+    let mut m = Metrics::new();
+    let own_cpu = || contender::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
+
+    // Warm-up: every contender has handshaken before anything is measured.
+    let warm = workload::storm(
+        running.echo,
+        full_config.clone(),
+        (args.handshakes / 10).max(2 * c),
+        c,
+    )
+    .await?;
+    outcome.group = warm.group;
+    outcome.suite = warm.suite;
+
+    if args.handshakes > 0 {
+        let (server0, client0) = (running.cpu_seconds(), own_cpu());
+        let s = workload::storm(running.echo, full_config.clone(), args.handshakes, c).await?;
+        let (server, client) = (running.cpu_seconds() - server0, own_cpu() - client0);
+        let n = f64::from(s.connections);
+        m.insert("server_cpu_us_per_full_handshake".into(), server * 1e6 / n);
+        m.insert("client_cpu_us_per_full_handshake".into(), client * 1e6 / n);
+        m.insert("full_handshakes_per_s".into(), n / s.wall.as_secs_f64());
+        m.insert("full_fraction".into(), f64::from(s.full) / n);
     }
 
-    fn table(&self) -> String {
-        format!(
-            "| figure | value |\n|---|---|\n\
-             | server CPU per full mTLS handshake (TLS 1.3, P-256, client cert verified) | {:.0} µs |\n\
-             | handshake rate ({} handshakes, wall clock) | {:.0} /s |\n\
-             | bulk forwarding ({} MiB, one connection) | {:.0} MiB/s |\n\
-             | server CPU per GiB forwarded | {:.2} s |",
-            self.cpu_us_per_handshake,
-            self.handshakes,
-            self.handshakes_per_s,
-            self.bulk_bytes / (1024 * 1024),
-            self.bulk_mb_per_s,
-            self.cpu_s_per_gb
+    if args.resumed > 0 {
+        // Fill the session cache, then measure reconnects.
+        workload::storm(running.echo, resume_config.clone(), 4 * c, c).await?;
+        let server0 = running.cpu_seconds();
+        let s = workload::storm(running.echo, resume_config.clone(), args.resumed, c).await?;
+        let server = running.cpu_seconds() - server0;
+        let n = f64::from(s.connections);
+        m.insert(
+            "server_cpu_us_per_resumed_handshake".into(),
+            server * 1e6 / n,
+        );
+        m.insert("resumed_handshakes_per_s".into(), n / s.wall.as_secs_f64());
+        m.insert("resumed_fraction".into(), f64::from(s.resumed) / n);
+    }
+
+    for &rps in &args.latency_rps {
+        let l = workload::fixed_rate(
+            running.echo,
+            full_config.clone(),
+            upstream,
+            rps,
+            args.latency_secs,
         )
+        .await?;
+        for (q, name) in QUANTILES {
+            let (through, floor) = (l.proxied.quantile(q), l.direct.quantile(q));
+            m.insert(format!("latency_{rps}_rps_{name}_us"), through);
+            m.insert(format!("direct_latency_{rps}_rps_{name}_us"), floor);
+            m.insert(
+                format!("added_latency_{rps}_rps_{name}_us"),
+                through - floor,
+            );
+        }
+        m.insert(format!("latency_{rps}_rps_late"), f64::from(l.proxied.late));
     }
+
+    if args.idle > 0 {
+        let before = running.rss_kib();
+        let held = workload::hold_idle(running.echo, full_config.clone(), args.idle, c).await?;
+        let after = running.rss_kib();
+        m.insert("idle_rss_before_kib".into(), before as f64);
+        m.insert("idle_rss_held_kib".into(), after as f64);
+        m.insert(
+            "idle_kib_per_connection".into(),
+            (after as f64 - before as f64) / held.len() as f64,
+        );
+        drop(held);
+    }
+
+    if args.bulk_mb > 0 {
+        let bytes = args.bulk_mb * 1024 * 1024;
+        let server0 = running.cpu_seconds();
+        let wall = workload::bulk(running.bulk, full_config, bytes).await?;
+        let server = running.cpu_seconds() - server0;
+        let gib = bytes as f64 / (1024.0 * 1024.0 * 1024.0);
+        m.insert("bulk_mib_per_s".into(), gib * 1024.0 / wall.as_secs_f64());
+        m.insert("server_cpu_s_per_gib".into(), server / gib);
+    }
+    Ok(m)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Median, min and max of every metric over `rounds`.
+fn summarize(rounds: &[Metrics]) -> (Metrics, Metrics, Metrics) {
+    let (mut med, mut min, mut max) = (Metrics::new(), Metrics::new(), Metrics::new());
+    let keys: std::collections::BTreeSet<&String> = rounds.iter().flat_map(|r| r.keys()).collect();
+    for key in keys {
+        let mut v: Vec<f64> = rounds.iter().filter_map(|r| r.get(key).copied()).collect();
+        med.insert(key.clone(), median(&mut v));
+        min.insert(key.clone(), v.first().copied().unwrap_or(f64::NAN));
+        max.insert(key.clone(), v.last().copied().unwrap_or(f64::NAN));
+    }
+    (med, min, max)
+}
+
+/// JSON numbers cannot be NaN or infinite: those become null.
+fn finite(m: &Metrics) -> Value {
+    Value::Object(
+        m.iter()
+            .map(|(k, v)| {
+                let v = if v.is_finite() { json!(v) } else { Value::Null };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
+fn report(args: &Args, pin: bool, baseline: &str, outcomes: &[Outcome]) -> Value {
+    let base = outcomes
+        .iter()
+        .find(|o| o.spec.name == baseline)
+        .map(|o| summarize(&o.rounds).0)
+        .unwrap_or_default();
+    let contenders: Vec<Value> = outcomes
+        .iter()
+        .map(|o| {
+            let (med, min, max) = summarize(&o.rounds);
+            let ratio: Metrics = med
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v / base.get(k).filter(|b| **b != 0.0)?)))
+                .collect();
+            json!({
+                "name": o.spec.name,
+                "software": o.software,
+                "client_key_exchange": if o.spec.x25519_only { "X25519 only" } else { "rustls default (X25519MLKEM768 first)" },
+                "negotiated_group": o.group,
+                "cipher_suite": o.suite,
+                "median": finite(&med),
+                "min": finite(&min),
+                "max": finite(&max),
+                "ratio_vs_baseline": finite(&ratio),
+                "rounds": o.rounds.iter().map(finite).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "tool": "mtlsd-bench",
+        "format": 1,
+        "date": command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine(),
+        "settings": {
+            "rounds": args.rounds,
+            "handshakes": args.handshakes,
+            "resumed": args.resumed,
+            "concurrency": args.concurrency,
+            "latency_rps": args.latency_rps,
+            "latency_secs": args.latency_secs,
+            "idle": args.idle,
+            "bulk_mib": args.bulk_mb,
+            "pinned": pin,
+            "server_cpu": pin.then_some(args.server_cpu),
+            "client_cpu": pin.then_some(args.client_cpu),
+            "smoke": args.smoke,
+        },
+        "baseline": baseline,
+        "contenders": contenders,
+    })
+}
+
+/// Formats a number with thousands separators and `decimals` places.
+fn num(v: &Value, decimals: usize) -> String {
+    let Some(v) = v.as_f64() else {
+        return "–".into();
+    };
+    let s = format!("{v:.decimals$}");
+    let (int, frac) = s.split_once('.').map_or((s.as_str(), ""), |(i, f)| (i, f));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(ch);
+    }
+    if frac.is_empty() {
+        format!("{sign}{grouped}")
+    } else {
+        format!("{sign}{grouped}.{frac}")
+    }
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64().map_or("–".into(), |r| format!("{r:.2}×"))
+}
+
+/// The headline table (README-ready) and the detail table with spreads, as Markdown.
+fn tables(report: &Value) -> String {
+    let empty = vec![];
+    let cs = report["contenders"].as_array().unwrap_or(&empty);
+    let baseline = report["baseline"].as_str().unwrap_or("");
+    let rates: Vec<u64> = report["settings"]["latency_rps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    let headline: &[(&str, &str, usize)] = &[
+        (
+            "server_cpu_us_per_full_handshake",
+            "CPU µs / full handshake",
+            0,
+        ),
+        (
+            "server_cpu_us_per_resumed_handshake",
+            "CPU µs / resumed handshake",
+            0,
+        ),
+        ("server_cpu_s_per_gib", "CPU s / GiB", 2),
+        ("idle_kib_per_connection", "KiB / idle connection", 1),
+    ];
+    line(format!("Ratios are against {baseline} (median / median)."));
+    line(String::new());
+    let mut head = "| contender |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for (_, title, _) in headline {
+        head += &format!(" {title} | × |");
+        rule += "---:|---:|";
+    }
+    for r in &rates {
+        head += &format!(" added p99 @{r}/s µs |");
+        rule += "---:|";
+    }
+    line(head);
+    line(rule);
+    for c in cs {
+        let mut row = format!("| {} |", c["name"].as_str().unwrap_or(""));
+        for (metric, _, d) in headline {
+            row += &format!(
+                " {} | {} |",
+                num(&c["median"][metric], *d),
+                ratio(&c["ratio_vs_baseline"][metric])
+            );
+        }
+        for r in &rates {
+            row += &format!(
+                " {} |",
+                num(&c["median"][format!("added_latency_{r}_rps_p99_us")], 0)
+            );
+        }
+        line(row);
+    }
+    line(String::new());
+    line("| contender | software | group, suite | metric | median | min | max | × |".into());
+    line("|---|---|---|---|---:|---:|---:|---:|".into());
+    for c in cs {
+        let Some(med) = c["median"].as_object() else {
+            continue;
+        };
+        for (i, (k, v)) in med.iter().enumerate() {
+            let (name, sw, tls) = if i == 0 {
+                (
+                    c["name"].as_str().unwrap_or("").to_owned(),
+                    c["software"].as_str().unwrap_or("").to_owned(),
+                    format!(
+                        "{}, {}",
+                        c["negotiated_group"].as_str().unwrap_or(""),
+                        c["cipher_suite"].as_str().unwrap_or("")
+                    ),
+                )
+            } else {
+                Default::default()
+            };
+            let d = if k.contains("fraction") || k.contains("per_gib") {
+                3
+            } else {
+                1
+            };
+            line(format!(
+                "| {name} | {sw} | {tls} | {k} | {} | {} | {} | {} |",
+                num(v, d),
+                num(&c["min"][k], d),
+                num(&c["max"][k], d),
+                ratio(&c["ratio_vs_baseline"][k])
+            ));
+        }
+    }
+    out
 }

@@ -1,0 +1,323 @@
+//! The load the client puts on a contender: handshake storms (full and resumed), a fixed-rate
+//! request/response echo, N held idle connections and one bulk transfer. Each workload only
+//! drives traffic and checks it; `main` samples the server's CPU and RSS around it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mtlsd_e2e::{CertFiles, Pki, WAIT, tls_connect};
+use rustls::client::Resumption;
+use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A TLS 1.3 rustls client presenting `client`, trusting the PKI's bundle.
+///
+/// `x25519_only` restricts the key exchange to X25519 (what OpenSSL 3.0 peers do); otherwise
+/// the default offer prefers X25519MLKEM768. `resume` keeps a session cache so reconnects resume.
+pub fn client_config(
+    pki: &Pki,
+    client: &CertFiles,
+    x25519_only: bool,
+    resume: bool,
+) -> Arc<ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if x25519_only {
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    }
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.bundle()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(&client.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&client.key).unwrap();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    if !resume {
+        config.resumption = Resumption::disabled();
+    }
+    Arc::new(config)
+}
+
+/// What a handshake storm did, as the client saw it.
+#[derive(Debug, Default, Clone)]
+pub struct Storm {
+    pub connections: u32,
+    pub full: u32,
+    pub resumed: u32,
+    pub wall: Duration,
+    /// The key-exchange group and cipher suite the last connection negotiated.
+    pub group: String,
+    pub suite: String,
+}
+
+/// `n` connections over `concurrency` clients: connect, TLS 1.3 mTLS handshake, one byte through
+/// the echo upstream and back (which also reads the tickets the server sent), close.
+pub async fn storm(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    n: u32,
+    concurrency: u32,
+) -> Result<Storm, String> {
+    let per_task = n.div_ceil(concurrency.max(1));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let mut out = Storm::default();
+                for _ in 0..per_task {
+                    let mut tls = tls_connect(addr, config.clone())
+                        .await
+                        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+                    let conn = tls.get_ref().1;
+                    match conn.handshake_kind() {
+                        Some(HandshakeKind::Resumed) => out.resumed += 1,
+                        _ => out.full += 1,
+                    }
+                    out.group = conn
+                        .negotiated_key_exchange_group()
+                        .map(|g| format!("{:?}", g.name()))
+                        .unwrap_or_default();
+                    out.suite = conn
+                        .negotiated_cipher_suite()
+                        .map(|s| format!("{:?}", s.suite()))
+                        .unwrap_or_default();
+                    round_trip(&mut tls, b"x")
+                        .await
+                        .map_err(|e| format!("echo through {addr}: {e}"))?;
+                    out.connections += 1;
+                }
+                Ok::<_, String>(out)
+            })
+        })
+        .collect();
+    let mut total = Storm::default();
+    for t in tasks {
+        let s = t.await.map_err(|e| e.to_string())??;
+        total.connections += s.connections;
+        total.full += s.full;
+        total.resumed += s.resumed;
+        total.group = s.group;
+        total.suite = s.suite;
+    }
+    total.wall = start.elapsed();
+    Ok(total)
+}
+
+/// Writes `msg` and reads exactly as many bytes back (bounded by [`WAIT`]).
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if back != msg {
+        return Err(std::io::Error::other("echo returned other bytes"));
+    }
+    Ok(())
+}
+
+/// Request/response latencies, sorted.
+pub struct Latencies {
+    pub sorted_us: Vec<f64>,
+    /// Requests sent more than one interval behind schedule (the client could not keep the rate).
+    pub late: u32,
+}
+
+impl Latencies {
+    /// The `p` quantile (0..1), nearest rank.
+    pub fn quantile(&self, p: f64) -> f64 {
+        let n = self.sorted_us.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+        self.sorted_us[rank - 1]
+    }
+}
+
+/// Request/response latencies through the contender and, in the same time window, straight to
+/// the upstream (the floor the added latency is measured against).
+pub struct RatePair {
+    pub proxied: Latencies,
+    pub direct: Latencies,
+}
+
+/// A 64-byte request echoed back, `rps` times a second for `secs`, on one mTLS connection through
+/// the contender; each tick also sends one straight to the upstream over plain TCP (alternating
+/// which goes first), so both sets of latencies see the same machine state. After a 100-request
+/// warm-up. Each latency runs from the write to the last byte of the response.
+pub async fn fixed_rate(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    upstream: SocketAddr,
+    rps: u32,
+    secs: f64,
+) -> Result<RatePair, String> {
+    let mut tls = tls_connect(addr, config)
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    let mut tcp = TcpStream::connect(upstream)
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let msg = [0x42u8; 64];
+    for _ in 0..100 {
+        round_trip(&mut tls, &msg)
+            .await
+            .map_err(|e| e.to_string())?;
+        round_trip(&mut tcp, &msg)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rps.max(1)));
+    let n = (f64::from(rps) * secs).ceil() as u32;
+    let (mut proxied, mut direct) = (
+        Vec::with_capacity(n as usize),
+        Vec::with_capacity(n as usize),
+    );
+    let mut late = 0;
+    let start = tokio::time::Instant::now();
+    for i in 0..n {
+        let due = start + interval * i;
+        tokio::time::sleep_until(due).await;
+        if tokio::time::Instant::now() > due + interval {
+            late += 1;
+        }
+        for through_proxy in [i % 2 == 0, i % 2 == 1] {
+            let sent = Instant::now();
+            if through_proxy {
+                round_trip(&mut tls, &msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                proxied.push(sent.elapsed().as_secs_f64() * 1e6);
+            } else {
+                round_trip(&mut tcp, &msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                direct.push(sent.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    proxied.sort_by(f64::total_cmp);
+    direct.sort_by(f64::total_cmp);
+    Ok(RatePair {
+        proxied: Latencies {
+            sorted_us: proxied,
+            late,
+        },
+        direct: Latencies {
+            sorted_us: direct,
+            late,
+        },
+    })
+}
+
+/// Opens `n` connections through the contender to the echo upstream (each proven end to end
+/// with one echoed byte) and returns them, to be held while the server's RSS is read.
+pub async fn hold_idle(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    n: u32,
+    concurrency: u32,
+) -> Result<Vec<TlsStream<TcpStream>>, String> {
+    let per_task = n.div_ceil(concurrency.max(1));
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|i| {
+            let config = config.clone();
+            let count = per_task.min(n.saturating_sub(i * per_task));
+            tokio::spawn(async move {
+                let mut held = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let mut tls = tls_connect(addr, config.clone())
+                        .await
+                        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+                    round_trip(&mut tls, b"i")
+                        .await
+                        .map_err(|e| format!("echo through {addr}: {e}"))?;
+                    held.push(tls);
+                }
+                Ok::<_, String>(held)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(n as usize);
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok(all)
+}
+
+/// One connection carrying `bytes` to the counting sink (after an 8-byte length), which answers
+/// with the count it received. Returns the wall time from the first byte to the answer.
+pub async fn bulk(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    bytes: u64,
+) -> Result<Duration, String> {
+    let mut tls = tls_connect(addr, config)
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let start = Instant::now();
+    tls.write_all(&bytes.to_be_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min((bytes - sent) as usize);
+        tls.write_all(&chunk[..n])
+            .await
+            .map_err(|e| e.to_string())?;
+        sent += n as u64;
+    }
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let mut total = [0u8; 8];
+    tokio::time::timeout(WAIT, tls.read_exact(&mut total))
+        .await
+        .map_err(|_| "no count from the sink".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    if u64::from_be_bytes(total) != bytes {
+        return Err(format!(
+            "the sink received {} of {bytes} bytes",
+            u64::from_be_bytes(total)
+        ));
+    }
+    Ok(elapsed)
+}
+
+/// The sink's side of [`bulk`]: reads the length, counts that many bytes, answers the count.
+pub async fn sink(mut s: TcpStream) {
+    let mut len = [0u8; 8];
+    if s.read_exact(&mut len).await.is_err() {
+        return;
+    }
+    let want = u64::from_be_bytes(len);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    while total < want {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    let _ = s.write_all(&total.to_be_bytes()).await;
+    // Wait for the proxy to close, so the count is not cut off by our close.
+    let _ = s.read(&mut buf).await;
+}
