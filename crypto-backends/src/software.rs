@@ -60,6 +60,19 @@ impl Backend for Software {
     }
 }
 
+impl Software {
+    /// Wraps a PEM private key held in memory (a key just issued, never written to disk).
+    pub fn key_from_pem(&self, pem: &[u8]) -> Result<Arc<dyn SigningKey>, Error> {
+        let der = PrivateKeyDer::from_pem_slice(pem).map_err(|_| Error::NoPrivateKey {
+            path: "(in memory)".into(),
+        })?;
+        aws_lc_rs::sign::any_supported_type(&der).map_err(|e| Error::UnsupportedKey {
+            path: "(in memory)".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// The rustls provider mtlsd uses: aws-lc-rs with post-quantum hybrid key exchange first.
 pub fn provider() -> CryptoProvider {
     use aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};

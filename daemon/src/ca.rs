@@ -7,9 +7,16 @@
 //! | `root.pem`, `root.key` | self-signed root, the trust anchor |
 //! | `intermediate.pem`, `intermediate.key` | day-to-day issuer, signed by the root |
 //! | `bundle.pem` | what peers trust: the root certificate |
+//! | `root.uri` | instead of `root.key` when the root key lives in a PKCS#11 token |
+//! | `ledger.json` | every leaf issued: serial, SPIFFE ID, expiry, revocation time |
+//! | `crl.pem` | the revocation list, signed by the intermediate, rewritten on every revocation |
+//! | `lock` | held (`flock`) while the ledger and CRL change |
 //!
 //! Leaves are ECDSA P-256 X.509-SVIDs with one `spiffe://` URI SAN, usable as
 //! TLS client and server certificates, backdated a few minutes for clock skew.
+//! Every change to the ledger happens under an exclusive lock on `lock` and
+//! every file is replaced atomically, so concurrent `mtlsd ca` invocations and
+//! daemons issuing their own SVIDs cannot corrupt the directory.
 
 use std::fs;
 use std::io;
@@ -50,6 +57,71 @@ pub enum CaError {
     /// A trust domain or SPIFFE ID argument is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// `ledger.json` does not parse.
+    #[error("{path}: {reason}")]
+    Ledger {
+        /// The ledger file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// How long a published CRL says it stays current; it is rewritten on every revocation anyway.
+const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
+
+/// One leaf the CA issued, as recorded in `ledger.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IssuedRecord {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The SPIFFE ID in its URI SAN.
+    pub id: String,
+    /// Expiry, Unix seconds.
+    pub not_after: i64,
+    /// Revocation time, Unix seconds, once revoked.
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Ledger {
+    /// Number of the last CRL published (CRL numbers must increase).
+    #[serde(default)]
+    crl_number: u64,
+    #[serde(default)]
+    issued: Vec<IssuedRecord>,
+}
+
+/// Which certificates `revoke` applies to.
+#[derive(Debug, Clone)]
+pub enum Revoke {
+    /// The certificate with this hex serial.
+    Serial(String),
+    /// Every unexpired certificate issued for this SPIFFE ID.
+    Id(SpiffeId),
+}
+
+/// An exclusive or shared `flock` on the CA directory's `lock` file, released when the file closes.
+struct DirLock {
+    _file: fs::File,
+}
+
+impl DirLock {
+    fn take(dir: &Path, exclusive: bool) -> Result<Self, CaError> {
+        let path = dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        if exclusive {
+            file.lock().map_err(io_at(&path))?;
+        } else {
+            file.lock_shared().map_err(io_at(&path))?;
+        }
+        Ok(Self { _file: file })
+    }
 }
 
 /// An issued leaf: PEM chain (leaf, then intermediate) and PEM key.
@@ -178,7 +250,10 @@ impl Authority {
         write_public(&dir.join("bundle.pem"), &root_cert.pem())?;
         // root.pem last: its presence marks a complete CA.
         write_public(&dir.join("root.pem"), &root_cert.pem())?;
-        Self::open(dir)
+        let ca = Self::open(dir)?;
+        // An empty CRL from the start, so daemons can point identity.crl at it right away.
+        ca.with_ledger(|_| Ok(()))?;
+        Ok(ca)
     }
 
     /// Opens an existing CA directory.
@@ -283,12 +358,145 @@ impl Authority {
         let serial = random_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(public_key, &self.issuer)?;
+        let serial: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        let id = params
+            .subject_alt_names
+            .iter()
+            .find_map(|san| match san {
+                SanType::URI(uri) => Some(uri.as_str().to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        self.with_ledger(|ledger| {
+            ledger.issued.push(IssuedRecord {
+                serial: serial.clone(),
+                id,
+                not_after: params.not_after.unix_timestamp(),
+                revoked_at: None,
+            });
+            Ok(())
+        })?;
         Ok(IssuedCert {
             chain_pem: format!("{}{}", cert.pem(), self.intermediate_pem),
-            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            serial,
             not_after: params.not_after,
         })
     }
+
+    /// Path of the revocation list peers should load (`identity.crl`).
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
+    /// Every leaf issued so far, oldest first.
+    pub fn issued(&self) -> Result<Vec<IssuedRecord>, CaError> {
+        let _lock = DirLock::take(&self.dir, false)?;
+        Ok(self.read_ledger()?.issued)
+    }
+
+    /// Revokes the matching certificates and republishes the CRL; returns what was newly revoked.
+    pub fn revoke(&self, which: &Revoke) -> Result<Vec<IssuedRecord>, CaError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        self.with_ledger(|ledger| {
+            let mut revoked = Vec::new();
+            for record in &mut ledger.issued {
+                let matches = match which {
+                    Revoke::Serial(serial) => record.serial.eq_ignore_ascii_case(serial),
+                    Revoke::Id(id) => record.id == id.as_str() && record.not_after > now,
+                };
+                if matches && record.revoked_at.is_none() {
+                    record.revoked_at = Some(now);
+                    revoked.push(record.clone());
+                }
+            }
+            if revoked.is_empty() {
+                return Err(CaError::Invalid(match which {
+                    Revoke::Serial(s) => format!("no unrevoked certificate with serial {s}"),
+                    Revoke::Id(id) => format!("no unrevoked, unexpired certificate for {id}"),
+                }));
+            }
+            Ok(revoked)
+        })
+    }
+
+    /// Runs `f` on the ledger under the exclusive lock, then saves it and republishes the CRL.
+    fn with_ledger<T>(
+        &self,
+        f: impl FnOnce(&mut Ledger) -> Result<T, CaError>,
+    ) -> Result<T, CaError> {
+        let _lock = DirLock::take(&self.dir, true)?;
+        let mut ledger = self.read_ledger()?;
+        let revoked_before = ledger
+            .issued
+            .iter()
+            .filter(|r| r.revoked_at.is_some())
+            .count();
+        let out = f(&mut ledger)?;
+        let revoked_after = ledger
+            .issued
+            .iter()
+            .filter(|r| r.revoked_at.is_some())
+            .count();
+        if revoked_after != revoked_before || !self.crl_path().exists() {
+            ledger.crl_number += 1;
+            self.publish_crl(&ledger)?;
+        }
+        let path = self.dir.join("ledger.json");
+        let json = serde_json::to_string_pretty(&ledger).map_err(|e| CaError::Ledger {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_public(&path, &json)?;
+        Ok(out)
+    }
+
+    fn read_ledger(&self) -> Result<Ledger, CaError> {
+        let path = self.dir.join("ledger.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| CaError::Ledger {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Ledger::default()),
+            Err(e) => Err(CaError::Io { path, source: e }),
+        }
+    }
+
+    /// Writes `crl.pem`: every revoked leaf that has not expired yet, signed by the intermediate.
+    fn publish_crl(&self, ledger: &Ledger) -> Result<(), CaError> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = ledger
+            .issued
+            .iter()
+            .filter(|r| r.not_after > now.unix_timestamp())
+            .filter_map(|r| {
+                let at = r.revoked_at?;
+                Some(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&hex_bytes(&r.serial)?),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(at).ok()?,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + CRL_VALIDITY,
+            crl_number: SerialNumber::from(ledger.crl_number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)?;
+        write_public(&self.crl_path(), &crl.pem()?)
+    }
+}
+
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A leaf certificate issued for a key the CA never saw.
@@ -428,5 +636,88 @@ mod tests {
             ca.issue(&LeafSpec::new(other, year)),
             Err(CaError::Invalid(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    use super::*;
+    use crate::identity::Revocations;
+
+    fn ca() -> (tempfile::TempDir, Authority) {
+        let dir = tempfile::tempdir().unwrap();
+        let year = Duration::from_secs(365 * 86_400);
+        let ca = Authority::init(&dir.path().join("ca"), "example.org", year, year).unwrap();
+        (dir, ca)
+    }
+
+    fn leaf(ca: &Authority, path: &str) -> (IssuedSvid, Vec<CertificateDer<'static>>) {
+        let id: SpiffeId = format!("spiffe://example.org{path}").parse().unwrap();
+        let issued = ca
+            .issue(&LeafSpec::new(id, Duration::from_secs(3600)))
+            .unwrap();
+        let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        (issued, chain)
+    }
+
+    #[test]
+    fn the_ledger_lists_every_issued_leaf_and_revocation_republishes_the_crl() {
+        let (_dir, ca) = ca();
+        let (a, a_chain) = leaf(&ca, "/a");
+        let (_b, b_chain) = leaf(&ca, "/b");
+        let issued = ca.issued().unwrap();
+        assert_eq!(issued.len(), 2);
+        assert_eq!(issued[0].serial, a.serial);
+        assert_eq!(issued[0].id, "spiffe://example.org/a");
+
+        // init published an empty CRL.
+        let crl = [ca.crl_path()];
+        assert!(Revocations::load(&crl).unwrap().is_empty());
+
+        let revoked = ca.revoke(&Revoke::Serial(a.serial.to_uppercase())).unwrap();
+        assert_eq!(revoked.len(), 1);
+        let list = Revocations::load(&crl).unwrap();
+        assert_eq!(list.len(), 1);
+        let err = list.check(&a_chain).unwrap_err();
+        assert_eq!(err.serial, a.serial);
+        assert!(list.check(&b_chain).is_ok());
+        assert!(ca.issued().unwrap()[0].revoked_at.is_some());
+
+        // Revoking twice is an error that says so; revoking by ID takes every live leaf of it.
+        assert!(ca.revoke(&Revoke::Serial(a.serial.clone())).is_err());
+        let (_b2, b2_chain) = leaf(&ca, "/b");
+        let by_id = ca
+            .revoke(&Revoke::Id("spiffe://example.org/b".parse().unwrap()))
+            .unwrap();
+        assert_eq!(by_id.len(), 2);
+        let list = Revocations::load(&crl).unwrap();
+        assert!(list.check(&b_chain).is_err() && list.check(&b2_chain).is_err());
+    }
+
+    #[test]
+    fn concurrent_issuers_never_lose_a_ledger_entry() {
+        let (_dir, ca) = ca();
+        let ca = std::sync::Arc::new(ca);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let ca = ca.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        leaf(&ca, &format!("/t{t}/{i}"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // A second handle on the same directory (another process would be the same) sees all 40.
+        let reopened = Authority::open(&ca.dir).unwrap();
+        assert_eq!(reopened.issued().unwrap().len(), 40);
     }
 }

@@ -19,8 +19,8 @@ use tracing::{debug, info};
 
 use crate::ca::{Authority, CaError, LeafSpec};
 use crate::config::{
-    AdminConfig, Config, CryptoConfig, IdentityConfig, InboundConfig, Limits, Mode, OutboundConfig,
-    ResumptionConfig, SessionResumption, Upstream,
+    AdminConfig, Config, CryptoConfig, IdentityConfig, IdentitySource, InboundConfig, Limits, Mode,
+    OutboundConfig, ResumptionConfig, SessionResumption, Upstream,
 };
 use crate::identity::SpiffeId;
 use crate::policy::{Policy, Principal};
@@ -79,25 +79,27 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
     let daemon_id = id("/demo/mtlsd");
     let curl_id = id("/demo/curl");
 
-    let mut server = LeafSpec::new(daemon_id.clone(), SVID_TTL);
-    server.dns_names.push("localhost".into());
     let files = DemoFiles {
         bundle: ca.bundle_path(),
         client_cert: state_dir.join("curl.pem"),
         client_key: state_dir.join("curl.key"),
         upstream_socket: state_dir.join("demo-service.sock"),
     };
-    let (svid_cert, svid_key) = (state_dir.join("mtlsd.pem"), state_dir.join("mtlsd.key"));
-    ca.issue(&server)?.write(&svid_cert, &svid_key)?;
     ca.issue(&LeafSpec::new(curl_id.clone(), SVID_TTL))?
         .write(&files.client_cert, &files.client_key)?;
 
     let config = Config {
+        // The daemon issues its own SVID from the CA at start and renews it at half-life.
         identity: IdentityConfig {
             trust_domain: TRUST_DOMAIN.into(),
-            cert: svid_cert,
-            key: mtlsd_crypto::KeyRef::File(svid_key),
+            source: IdentitySource::Ca {
+                dir: ca_dir.clone(),
+                id: daemon_id.clone(),
+                ttl: SVID_TTL,
+                dns: vec!["localhost".into()],
+            },
             bundle: files.bundle.clone(),
+            crl: Some(ca.crl_path()),
         },
         crypto: CryptoConfig::default(),
         inbound: vec![InboundConfig {

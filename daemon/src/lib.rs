@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod signing;
 pub mod systemd;
 pub mod tls;
+pub mod watch;

@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mtlsd::admin::{Admin, LogControl};
-use mtlsd::ca::{Authority, LeafSpec};
+use mtlsd::ca::{Authority, LeafSpec, Revoke};
 use mtlsd::config::{Config, parse_duration};
 use mtlsd::identity::SpiffeId;
 use mtlsd::metrics::Metrics;
 use mtlsd::runtime::{Daemon, load_identity};
 use mtlsd::signing::backend_for;
 use mtlsd::tls::tickets;
+use mtlsd::watch::FileWatch;
 use mtlsd::{demo, systemd};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -118,9 +119,32 @@ enum CaCommand {
         /// Where to write the chain (leaf, intermediate).
         #[arg(long)]
         cert: PathBuf,
-        /// Where to write the key (mode 0600).
+        /// Where to write the fresh key (mode 0600).
+        #[arg(long, required_unless_present = "csr", conflicts_with = "csr")]
+        key: Option<PathBuf>,
+        /// Certify the key of this PEM CSR instead (the CSR's subject and SANs are ignored:
+        /// the certificate says --id).
         #[arg(long)]
-        key: PathBuf,
+        csr: Option<PathBuf>,
+    },
+    /// Revoke certificates and republish crl.pem (daemons reload it within seconds).
+    Revoke {
+        #[command(flatten)]
+        dir: CaDir,
+        /// The serial number (hex), as `ca list` shows it.
+        #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+        serial: Option<String>,
+        /// Every unexpired certificate issued for this SPIFFE ID.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List the certificates this CA issued.
+    List {
+        #[command(flatten)]
+        dir: CaDir,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -227,6 +251,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// How often certificate, key, bundle and CRL files are checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often certificate lifetimes are checked for warnings.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How soon a failed SVID renewal is retried.
+const RENEWAL_RETRY: Duration = Duration::from_secs(30);
+
 /// Where `run` gets its configuration from, again on every SIGHUP.
 enum Source {
     File(PathBuf),
@@ -319,8 +350,18 @@ async fn run(
         }
     }
 
+    let mut watch = FileWatch::new(daemon.watched_files());
+    let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
+    let mut expiry_tick = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+    let mut renew_at = daemon.renew_at();
     let signal = loop {
-        tokio::select! {
+        let renewal = async {
+            match renew_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => {
@@ -328,7 +369,7 @@ async fn run(
                 if let Some(n) = &notifier {
                     n.reloading();
                 }
-                let outcome = match source.load() {
+                match source.load() {
                     Ok(config) => {
                         if config.admin != admin_config {
                             warn!("admin.listen changed; the admin endpoint keeps its address until restart");
@@ -340,15 +381,40 @@ async fn run(
                         error!(error = %format!("{e:#}"), "reload rejected; the previous configuration keeps serving");
                         Err(e)
                     }
-                };
-                if let Some(n) = &notifier {
-                    let status = match outcome {
-                        Ok(()) => status_line(&daemon),
-                        Err(e) => format!("{}; last reload failed: {e:#}", status_line(&daemon)),
-                    };
-                    n.ready(&status);
                 }
             }
+            _ = watch_tick.tick() => {
+                if !watch.poll() {
+                    continue;
+                }
+                info!(files = ?watch.files(), "identity files changed: reloading them");
+                daemon.refresh().await.map(|_| ()).map_err(anyhow::Error::from)
+            }
+            () = renewal => {
+                info!("renewing our SVID from the built-in CA");
+                let result = daemon.refresh().await.map(|_| ()).map_err(anyhow::Error::from);
+                if result.is_err() {
+                    // The old SVID keeps serving; try again soon rather than in a tight loop.
+                    renew_at = Some(std::time::Instant::now() + RENEWAL_RETRY);
+                }
+                result
+            }
+            _ = expiry_tick.tick() => {
+                daemon.warn_if_expiring();
+                continue;
+            }
+        };
+        if outcome.is_ok() {
+            renew_at = daemon.renew_at();
+        }
+        // Whatever triggered it, the reload read the files as they are now.
+        watch = FileWatch::new(daemon.watched_files());
+        if let Some(n) = &notifier {
+            let status = match outcome {
+                Ok(()) => status_line(&daemon),
+                Err(e) => format!("{}; last reload failed: {e:#}", status_line(&daemon)),
+            };
+            n.ready(&status);
         }
     };
     info!(signal, "shutting down");
@@ -471,15 +537,85 @@ fn run_ca(command: CaCommand) -> Result<()> {
             ttl,
             cert,
             key,
+            csr,
         } => {
             let ca = Authority::open(&dir.dir)?;
             let id: SpiffeId = id.parse().with_context(|| format!("--id {id:?}"))?;
             let mut spec = LeafSpec::new(id.clone(), ttl);
             spec.dns_names = dns;
-            let issued = ca.issue(&spec)?;
-            issued.write(&cert, &key)?;
-            info!(id = %id, serial = %issued.serial, not_after = %issued.not_after, cert = %cert.display(), key = %key.display(), "SVID issued");
+            match (key, csr) {
+                (Some(key), _) => {
+                    let issued = ca.issue(&spec)?;
+                    issued.write(&cert, &key)?;
+                    info!(id = %id, serial = %issued.serial, not_after = %issued.not_after, cert = %cert.display(), key = %key.display(), "SVID issued");
+                }
+                (None, Some(csr)) => {
+                    let pem = std::fs::read_to_string(&csr)
+                        .with_context(|| format!("reading {}", csr.display()))?;
+                    // Parsing checks the CSR's self-signature: its sender holds the key.
+                    let request = rcgen::CertificateSigningRequestParams::from_pem(&pem)
+                        .with_context(|| format!("{} is not a valid PEM CSR", csr.display()))?;
+                    let issued = ca.issue_for_key(&spec, &request.public_key)?;
+                    mtlsd::files::write_atomic(&cert, issued.chain_pem.as_bytes(), 0o644)
+                        .with_context(|| format!("writing {}", cert.display()))?;
+                    info!(id = %id, serial = %issued.serial, not_after = %issued.not_after, cert = %cert.display(), csr = %csr.display(), "SVID issued for a CSR");
+                }
+                (None, None) => unreachable!("clap requires --key or --csr"),
+            }
         }
+        CaCommand::Revoke { dir, serial, id } => {
+            let ca = Authority::open(&dir.dir)?;
+            let which = match (serial, id) {
+                (Some(serial), _) => Revoke::Serial(serial),
+                (None, Some(id)) => Revoke::Id(id.parse().with_context(|| format!("--id {id:?}"))?),
+                (None, None) => unreachable!("clap requires --serial or --id"),
+            };
+            for record in ca.revoke(&which)? {
+                info!(serial = %record.serial, id = %record.id, crl = %ca.crl_path().display(), "certificate revoked");
+            }
+        }
+        CaCommand::List { dir, json } => {
+            let ca = Authority::open(&dir.dir)?;
+            print_issued(&ca.issued()?, json)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `ca list` output to stdout: a table, or JSON lines.
+fn print_issued(records: &[mtlsd::ca::IssuedRecord], json: bool) -> Result<()> {
+    use std::io::Write;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "{:<32}  {:<8}  {:<20}  id",
+            "serial", "status", "not_after"
+        )?;
+    }
+    for r in records {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+            continue;
+        }
+        let status = match (r.revoked_at, r.not_after <= now) {
+            (Some(_), _) => "revoked",
+            (None, true) => "expired",
+            (None, false) => "valid",
+        };
+        let not_after = time::OffsetDateTime::from_unix_timestamp(r.not_after)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<32}  {status:<8}  {not_after:<20}  {}",
+            r.serial, r.id
+        )?;
     }
     Ok(())
 }

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use mtlsd_crypto::Backend;
+use mtlsd_crypto::software::Software;
+use mtlsd_crypto::{Backend, KeyRef};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -21,10 +24,12 @@ use tracing::{error, info, warn};
 
 use rustls::server::ServerSessionMemoryCache;
 
+use crate::ca::{Authority, LeafSpec};
 use crate::config::{
-    Config, CryptoConfig, IdentityConfig, InboundConfig, OutboundConfig, SessionResumption,
+    Config, CryptoConfig, IdentityConfig, IdentitySource, InboundConfig, OutboundConfig,
+    SessionResumption,
 };
-use crate::identity::{CertInfo, IdentityError, SpiffeId, Svid, load_bundle};
+use crate::identity::{CertInfo, IdentityError, Revocations, SpiffeId, Svid, load_bundle};
 use crate::metrics::{CertExpiry, Direction, Metrics};
 use crate::proxy::Drain;
 use crate::proxy::inbound::Inbound;
@@ -44,6 +49,9 @@ const HARD_STOP_LINGER: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The built-in CA could not issue our SVID.
+    #[error("identity.ca_dir: {0}")]
+    Ca(#[from] crate::ca::CaError),
     /// Our certificate, key or bundle could not be loaded.
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
@@ -89,15 +97,41 @@ pub enum StartError {
     },
 }
 
-/// Loads our SVID (its key through `backend`) and bundle, and checks they agree with the trust domain.
+/// Loads our SVID (its key through `backend`, or freshly issued by the built-in CA), bundle
+/// and CRL, and checks they agree with the trust domain.
 pub fn load_identity(
     config: &IdentityConfig,
     crypto: &CryptoConfig,
     backend: &dyn Backend,
 ) -> Result<TlsIdentity, StartError> {
-    let (key, device) = load_signing_key(crypto, backend, &config.key)
-        .map_err(|e| StartError::Identity(IdentityError::Key(e)))?;
-    let svid = Svid::with_key(&config.cert, &config.key, key)?;
+    let (svid, device, renew_at) = match &config.source {
+        IdentitySource::Files { cert, key } => {
+            let (signing, device) = load_signing_key(crypto, backend, key)
+                .map_err(|e| StartError::Identity(IdentityError::Key(e)))?;
+            (Svid::with_key(cert, key, signing)?, device, None)
+        }
+        IdentitySource::Ca { dir, id, ttl, dns } => {
+            let ca = Authority::open(dir)?;
+            let mut spec = LeafSpec::new(id.clone(), *ttl);
+            spec.dns_names = dns.clone();
+            let issued = ca.issue(&spec)?;
+            let signing = Software::new()
+                .key_from_pem(issued.key_pem.as_bytes())
+                .map_err(|e| StartError::Identity(IdentityError::Key(e)))?;
+            let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    StartError::Identity(IdentityError::Certs {
+                        path: dir.clone(),
+                        reason: format!("issued chain: {e}"),
+                    })
+                })?;
+            let origin = dir.join("(issued in memory)");
+            let svid = Svid::from_chain(chain, &origin, &KeyRef::File(origin.clone()), signing)?;
+            info!(id = %id, serial = %issued.serial, not_after = %issued.not_after, ca = %dir.display(), "SVID issued by the built-in CA");
+            (svid, None, Some(renewal_time(*ttl)))
+        }
+    };
     if svid.id.trust_domain() != config.trust_domain {
         return Err(StartError::TrustDomainMismatch {
             id: svid.id.to_string(),
@@ -110,7 +144,20 @@ pub fn load_identity(
         trust_domain: config.trust_domain.clone(),
         provider: backend.provider().clone(),
         device,
+        revocations: Arc::new(Revocations::load(config.crl.as_slice())?),
+        renew_at,
     })
+}
+
+/// When to renew an SVID that lives `ttl`: at half its life, ± a tenth, so a fleet started
+/// together does not renew together.
+fn renewal_time(ttl: Duration) -> std::time::Instant {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut byte = [0u8; 2];
+    let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut byte);
+    let unit = f64::from(u16::from_be_bytes(byte)) / f64::from(u16::MAX); // 0..=1
+    let jitter = ttl.mul_f64(0.2 * unit); // 0 .. ttl/5
+    std::time::Instant::now() + ttl / 2 - ttl / 10 + jitter
 }
 
 /// A listener as it is bound right now, for `/config`-style reporting.
@@ -322,6 +369,10 @@ pub struct Daemon {
     backend: Option<OpenBackend>,
     /// Probes our device key back to health; replaced with the key.
     device_probe: Option<tokio::task::AbortHandle>,
+    /// When the SVID issued by the built-in CA is due for renewal.
+    renew_at: Option<std::time::Instant>,
+    /// Serials already warned about as expiring, so each warning is logged once.
+    expiry_warned: std::collections::HashSet<String>,
     grace: Duration,
 }
 
@@ -457,6 +508,8 @@ impl Daemon {
             resumption: ResumptionState::default(),
             backend: None,
             device_probe: None,
+            renew_at: None,
+            expiry_warned: Default::default(),
             grace: config.shutdown_grace,
         };
         daemon.apply(config, tls, backend).await?;
@@ -562,6 +615,7 @@ impl Daemon {
             probe.abort();
         }
         self.device_probe = tls.device.as_ref().map(|d| d.probe().abort_handle());
+        self.renew_at = tls.renew_at;
         self.metrics
             .set_device_keys(tls.device.iter().cloned().collect());
         let mut summary = ReloadSummary::default();
@@ -638,7 +692,6 @@ impl Daemon {
             .collect();
         let snapshot = snapshot(&config, &tls, backend_name, listeners);
         self.metrics.set_certificates(&expiries(&snapshot));
-        warn_if_expiring(&snapshot);
         *self
             .status
             .current
@@ -684,6 +737,57 @@ impl Daemon {
             max_connections,
             listener,
             accept_loop,
+        }
+    }
+
+    /// Reloads the configuration in effect: re-reads certificate, key, bundle and CRL files and
+    /// (with the built-in CA) issues a fresh SVID. The config file itself is not re-read.
+    pub async fn refresh(&mut self) -> Result<ReloadSummary, StartError> {
+        let config = self.status.snapshot().config.clone();
+        self.reload(config).await
+    }
+
+    /// When our CA-issued SVID should be renewed (`None` for file-based identities).
+    pub fn renew_at(&self) -> Option<std::time::Instant> {
+        self.renew_at
+    }
+
+    /// The files whose changes should reload the identity: certificate, key, bundle, CRL.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let snapshot = self.status.snapshot();
+        let identity = &snapshot.config.identity;
+        let mut files = Vec::new();
+        if let IdentitySource::Files { cert, key } = &identity.source {
+            files.push(cert.clone());
+            if let KeyRef::File(path) = key {
+                files.push(path.clone());
+            }
+        }
+        files.push(identity.bundle.clone());
+        files.extend(identity.crl.clone());
+        files
+    }
+
+    /// Logs, once per certificate, that our SVID is past two thirds of its life or a bundle CA
+    /// expires within a week; a renewed or rotated certificate starts over.
+    pub fn warn_if_expiring(&mut self) {
+        let snapshot = self.status.snapshot();
+        let now = SystemTime::now();
+        if let Some(leaf) = snapshot.chain.first() {
+            let remaining = leaf.expires.duration_since(now).unwrap_or_default();
+            let lifetime = leaf.expires.duration_since(leaf.issued).unwrap_or_default();
+            if remaining < lifetime / 3 && self.expiry_warned.insert(leaf.serial.clone()) {
+                warn!(cert = %leaf.name(), serial = %leaf.serial, not_after = %leaf.not_after,
+                      remaining_s = remaining.as_secs(),
+                      "our certificate is past two thirds of its lifetime and has not been renewed");
+            }
+        }
+        for ca in &snapshot.bundle {
+            let remaining = ca.expires.duration_since(now).unwrap_or_default();
+            if remaining < EXPIRY_WARNING && self.expiry_warned.insert(ca.serial.clone()) {
+                warn!(cert = %ca.name(), serial = %ca.serial, not_after = %ca.not_after,
+                      "a CA certificate of the bundle expires within 7 days");
+            }
         }
     }
 
@@ -787,28 +891,6 @@ fn expiries(snapshot: &Snapshot) -> Vec<CertExpiry> {
 
 /// Below this much remaining validity, loading a certificate logs a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86_400);
-
-fn warn_if_expiring(snapshot: &Snapshot) {
-    let now = SystemTime::now();
-    for (role, cert) in snapshot
-        .chain
-        .first()
-        .map(|c| ("svid", c))
-        .into_iter()
-        .chain(snapshot.bundle.iter().map(|c| ("bundle", c)))
-    {
-        match cert.expires.duration_since(now) {
-            Err(_) => {
-                warn!(role, cert = %cert.name(), serial = %cert.serial, not_after = %cert.not_after, "certificate has expired")
-            }
-            Ok(left) if left < EXPIRY_WARNING && role == "bundle" => {
-                warn!(role, cert = %cert.name(), serial = %cert.serial, not_after = %cert.not_after,
-                      "CA certificate expires within 7 days")
-            }
-            Ok(_) => {}
-        }
-    }
-}
 
 async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

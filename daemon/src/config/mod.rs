@@ -85,18 +85,46 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
-/// Where our identity and trust bundle come from.
-#[derive(Debug, Clone, Serialize)]
+/// Where our identity, trust bundle and revocation list come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IdentityConfig {
     /// The trust domain we belong to and accept peers from.
     pub trust_domain: String,
-    /// PEM chain, leaf first.
-    pub cert: PathBuf,
-    /// The leaf's private key.
-    #[serde(serialize_with = "as_display")]
-    pub key: KeyRef,
+    /// Our SVID: files another PKI writes, or issued by the built-in CA.
+    pub source: IdentitySource,
     /// PEM CA certificates of the trust domain.
     pub bundle: PathBuf,
+    /// A PEM CRL checked on every connection, resumed ones included.
+    pub crl: Option<PathBuf>,
+}
+
+/// Where our SVID comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum IdentitySource {
+    /// Certificate and key files kept current by an external PKI (Vault, SPIRE, step-ca);
+    /// reloaded when they change.
+    Files {
+        /// PEM chain, leaf first.
+        cert: PathBuf,
+        /// The leaf's private key.
+        #[serde(serialize_with = "as_display")]
+        key: KeyRef,
+    },
+    /// Issued to ourselves by the built-in CA in `dir`, key in memory only, renewed at about
+    /// half its lifetime.
+    Ca {
+        /// The CA directory (`mtlsd ca init`).
+        dir: PathBuf,
+        /// The SPIFFE ID to issue.
+        #[serde(serialize_with = "as_display")]
+        id: SpiffeId,
+        /// Lifetime of each SVID.
+        #[serde(serialize_with = "as_duration")]
+        ttl: Duration,
+        /// Extra DNS SANs, for clients that check host names.
+        dns: Vec<String>,
+    },
 }
 
 /// The crypto backend that holds private keys, with its settings.
@@ -588,20 +616,83 @@ impl Validator<'_> {
                 }
             })
         };
-        let cert = path(self, &raw.cert, "identity.cert");
-        let bundle = path(self, &raw.bundle, "identity.bundle");
-        let key = self.check(&raw.key, "identity.key", |k| {
-            if k.is_empty() {
-                Err("must not be empty")
-            } else {
-                Ok(KeyRef::parse(k))
+        let opt_path = |v: &mut Self, s: &Option<S<String>>, key: &str| match s {
+            None => Some(None),
+            Some(s) => path(v, s, key).map(Some),
+        };
+        let cert = opt_path(self, &raw.cert, "identity.cert");
+        let bundle = opt_path(self, &raw.bundle, "identity.bundle");
+        let crl = opt_path(self, &raw.crl, "identity.crl");
+        let ca_dir = opt_path(self, &raw.ca_dir, "identity.ca_dir");
+        let key = match &raw.key {
+            None => Some(None),
+            Some(k) => self
+                .check(k, "identity.key", |k| {
+                    if k.is_empty() {
+                        Err("must not be empty")
+                    } else {
+                        Ok(KeyRef::parse(k))
+                    }
+                })
+                .map(Some),
+        };
+        let id = match &raw.id {
+            None => Some(None),
+            Some(id) => self
+                .check(id, "identity.id", |s| s.parse::<SpiffeId>())
+                .map(Some),
+        };
+        let ttl = match &raw.svid_ttl {
+            None => Some(Duration::from_secs(24 * 3600)),
+            Some(t) => self.check(t, "identity.svid_ttl", |s| {
+                parse_duration(s).and_then(|d| {
+                    if d < Duration::from_secs(2) {
+                        Err("must be at least 2s".into())
+                    } else {
+                        Ok(d)
+                    }
+                })
+            }),
+        };
+        let (cert, key, bundle, crl, ca_dir, id, ttl) =
+            (cert?, key?, bundle?, crl?, ca_dir?, id?, ttl?);
+        let here = |v: &mut Self, msg: &str| {
+            let p = v.loc.problem(raw.trust_domain.span(), "identity", msg);
+            v.problems.push(p);
+        };
+        let (source, bundle) = match (cert, key, ca_dir, id) {
+            (Some(cert), Some(key), None, None) => {
+                let Some(bundle) = bundle else {
+                    here(self, "identity.bundle is required with cert and key");
+                    return None;
+                };
+                (IdentitySource::Files { cert, key }, bundle)
             }
-        });
+            (None, None, Some(dir), Some(id)) => {
+                let bundle = bundle.unwrap_or_else(|| dir.join("bundle.pem"));
+                let dns = raw.dns.clone();
+                (IdentitySource::Ca { dir, id, ttl, dns }, bundle)
+            }
+            _ => {
+                here(
+                    self,
+                    "set either cert, key and bundle (files from an external PKI) or ca_dir and id \
+                     (issued by the built-in CA), not a mix",
+                );
+                return None;
+            }
+        };
+        let crl = match (&source, crl) {
+            (_, Some(crl)) => Some(crl),
+            // The built-in CA publishes its revocations next to its bundle.
+            (IdentitySource::Ca { dir, .. }, None) => Some(dir.join("crl.pem")),
+            (IdentitySource::Files { .. }, None) => None,
+        };
         Some(IdentityConfig {
             trust_domain: trust_domain?,
-            cert: cert?,
-            key: key?,
-            bundle: bundle?,
+            source,
+            bundle,
+            crl,
         })
     }
 

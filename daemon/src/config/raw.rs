@@ -29,9 +29,15 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIdentity {
     pub trust_domain: S<String>,
-    pub cert: S<String>,
-    pub key: S<String>,
-    pub bundle: S<String>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub bundle: Option<S<String>>,
+    pub crl: Option<S<String>>,
+    pub ca_dir: Option<S<String>>,
+    pub id: Option<S<String>>,
+    pub svid_ttl: Option<S<String>>,
+    #[serde(default)]
+    pub dns: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -207,9 +207,12 @@ fn the_config_in_effect_serializes_with_defaults_and_without_key_queries() {
         "\n[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"unix:/run/api.sock\"\nallow = [\"spiffe://example.org/a/*\"]\n",
     )
     .unwrap();
-    config.identity.key = KeyRef::parse("pkcs11:token=t;object=k?pin-value=1234");
+    config.identity.source = IdentitySource::Files {
+        cert: "/etc/mtlsd/svid.pem".into(),
+        key: KeyRef::parse("pkcs11:token=t;object=k?pin-value=1234"),
+    };
     let json = serde_json::to_value(&config).unwrap();
-    assert_eq!(json["identity"]["key"], "pkcs11:token=t;object=k");
+    assert_eq!(json["identity"]["source"]["key"], "pkcs11:token=t;object=k");
     assert_eq!(json["inbound"][0]["forward"], "unix:/run/api.sock");
     assert_eq!(
         json["inbound"][0]["policy"]["allow"][0],
@@ -218,4 +221,48 @@ fn the_config_in_effect_serializes_with_defaults_and_without_key_queries() {
     assert_eq!(json["inbound"][0]["limits"]["idle_timeout"], "1h");
     assert_eq!(json["shutdown_grace"], "30s");
     assert!(!json.to_string().contains("1234"));
+}
+
+#[test]
+fn identity_comes_from_files_or_from_the_built_in_ca_never_both() {
+    let listener = "\n[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\nallow = [\"spiffe://example.org\"]\n";
+    let ca = Config::parse(
+        &format!(
+            "[identity]\ntrust_domain = \"example.org\"\nca_dir = \"/var/lib/mtlsd/ca\"\n\
+             id = \"spiffe://example.org/host/a\"\nsvid_ttl = \"1h\"\n{listener}"
+        ),
+        "ca.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        ca.identity.source,
+        IdentitySource::Ca {
+            dir: "/var/lib/mtlsd/ca".into(),
+            id: "spiffe://example.org/host/a".parse().unwrap(),
+            ttl: Duration::from_secs(3600),
+            dns: vec![],
+        }
+    );
+    // The CA's bundle and CRL are used unless given.
+    assert_eq!(
+        ca.identity.bundle,
+        PathBuf::from("/var/lib/mtlsd/ca/bundle.pem")
+    );
+    assert_eq!(
+        ca.identity.crl,
+        Some(PathBuf::from("/var/lib/mtlsd/ca/crl.pem"))
+    );
+
+    let mixed = Config::parse(
+        &format!(
+            "[identity]\ntrust_domain = \"example.org\"\nca_dir = \"/ca\"\ncert = \"/c.pem\"\n{listener}"
+        ),
+        "mixed.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        mixed.contains("mixed.toml:2:16: identity: set either cert, key and bundle"),
+        "{mixed}"
+    );
 }

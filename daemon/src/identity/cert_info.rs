@@ -28,6 +28,9 @@ pub struct CertInfo {
     /// End of validity as a time, for arithmetic.
     #[serde(skip)]
     pub expires: SystemTime,
+    /// Start of validity as a time.
+    #[serde(skip)]
+    pub issued: SystemTime,
 }
 
 impl CertInfo {
@@ -50,6 +53,8 @@ impl CertInfo {
             not_after: rfc3339(not_after),
             expires: SystemTime::UNIX_EPOCH
                 + Duration::from_secs(u64::try_from(not_after).unwrap_or(0)),
+            issued: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(validity.not_before.timestamp()).unwrap_or(0)),
         })
     }
 

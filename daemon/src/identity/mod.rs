@@ -1,11 +1,13 @@
 //! Who we are and who the peer is: SPIFFE IDs, SVIDs, trust bundles and certificate verifiers.
 
 mod cert_info;
+mod revocation;
 mod spiffe;
 mod svid;
 mod verifier;
 
 pub use cert_info::{CertInfo, ValidityError, check_validity};
+pub use revocation::{Revocations, Revoked};
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_trust_domain};
 pub use svid::{Bundle, IdentityError, Svid, SvidError, load_bundle, load_certs, spiffe_id_of};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};

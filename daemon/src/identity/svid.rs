@@ -176,8 +176,24 @@ impl Svid {
         key: &KeyRef,
         signing_key: Arc<dyn SigningKey>,
     ) -> Result<Self, IdentityError> {
-        let chain = load_certs(cert_path)?;
-        let id = spiffe_id_of(&chain[0]).map_err(|source| IdentityError::Svid {
+        Self::from_chain(load_certs(cert_path)?, cert_path, key, signing_key)
+    }
+
+    /// An SVID from a leaf-first chain already in memory; `origin` and `key` name them in errors.
+    pub fn from_chain(
+        chain: Vec<CertificateDer<'static>>,
+        origin: &Path,
+        key: &KeyRef,
+        signing_key: Arc<dyn SigningKey>,
+    ) -> Result<Self, IdentityError> {
+        let cert_path = origin;
+        let Some(leaf) = chain.first() else {
+            return Err(IdentityError::Certs {
+                path: origin.to_owned(),
+                reason: "no certificate".into(),
+            });
+        };
+        let id = spiffe_id_of(leaf).map_err(|source| IdentityError::Svid {
             path: cert_path.to_owned(),
             source,
         })?;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::forward::{Forwarded, splice};
 use super::{Closed, Outcome, Refusal, RefuseReason, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
-use crate::identity::{SpiffeId, ValidityError, check_validity, spiffe_id_of};
+use crate::identity::{Revocations, SpiffeId, ValidityError, check_validity, spiffe_id_of};
 use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::policy::{Decision, Peer, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
@@ -35,6 +35,7 @@ pub struct Inbound {
     connections: Arc<Semaphore>,
     handshakes: Semaphore,
     metrics: ListenerMetrics,
+    revocations: Arc<Revocations>,
 }
 
 /// A peer that passed the handshake and the policy.
@@ -74,6 +75,7 @@ impl Inbound {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Semaphore::new(config.limits.max_handshakes),
             metrics,
+            revocations: tls.revocations.clone(),
             config,
         })
     }
@@ -191,6 +193,10 @@ impl Inbound {
                 spiffe_id_of(cert)
                     .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
             })?;
+        // Full or resumed, the chain must not hold a revoked certificate under the CRLs loaded now.
+        self.revocations.check(chain).map_err(|e| {
+            Refusal::new(RefuseReason::Revoked, e.to_string()).with_peer(id.as_str())
+        })?;
         if resumed {
             // A resumed session skipped verification: its certificates must still be valid now.
             check_validity(chain).map_err(|e| {

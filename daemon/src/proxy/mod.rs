@@ -60,6 +60,8 @@ pub enum RefuseReason {
     Denied,
     /// The upstream could not be reached.
     UpstreamUnavailable,
+    /// A certificate of the peer's chain is on a loaded CRL.
+    Revoked,
     /// Our private key could not sign: its device failed and no software copy exists.
     KeyUnavailable,
     /// Our key's device stayed saturated (`max_in_flight`) past the wait.
@@ -86,6 +88,7 @@ impl RefuseReason {
             Self::NotAllowed => "not_allowed",
             Self::Denied => "denied",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::Revoked => "revoked",
             Self::KeyUnavailable => "key_unavailable",
             Self::DeviceBusy => "device_busy",
         }

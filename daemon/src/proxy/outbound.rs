@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::forward::splice;
 use super::{Closed, Outcome, Refusal, RefuseReason};
 use crate::config::OutboundConfig;
+use crate::identity::Revocations;
 use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::tls::TlsIdentity;
 
@@ -27,6 +28,7 @@ pub struct Outbound {
     connections: Arc<Semaphore>,
     handshakes: Semaphore,
     metrics: ListenerMetrics,
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -58,6 +60,7 @@ impl Outbound {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Semaphore::new(config.limits.max_handshakes),
             metrics,
+            revocations: tls.revocations.clone(),
             config,
         })
     }
@@ -144,6 +147,11 @@ impl Outbound {
                 Refusal::new(RefuseReason::of_handshake(&e), e.to_string())
                     .with_peer(self.config.server_id.as_str())
             })?;
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        self.revocations.check(chain).map_err(|e| {
+            Refusal::new(RefuseReason::Revoked, e.to_string())
+                .with_peer(self.config.server_id.as_str())
+        })?;
         let kind = match tls.get_ref().1.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => HandshakeKind::Resumed,
             _ => HandshakeKind::Full,

@@ -34,6 +34,10 @@ pub struct TlsIdentity {
     pub provider: Arc<CryptoProvider>,
     /// Set when our key lives in a device: its counters and health.
     pub device: Option<crate::signing::DeviceKey>,
+    /// Revoked certificates: no peer chain may contain one.
+    pub revocations: Arc<crate::identity::Revocations>,
+    /// When an SVID issued by the built-in CA should be renewed.
+    pub renew_at: Option<std::time::Instant>,
 }
 
 /// How a listener lets clients resume.
