@@ -35,6 +35,8 @@ fn identity(ca: &Authority, dir: &std::path::Path, id: &str, backend: &Software)
         trust_domain: ca.trust_domain().to_owned(),
         provider: backend.provider().clone(),
         device: None,
+        revocations: Default::default(),
+        renew_at: None,
     }
 }
 

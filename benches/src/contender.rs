@@ -256,13 +256,13 @@ impl Running {
                 if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
                     break;
                 }
-                if let Process::Peer { child, dir } = &mut self.process {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        return Err(format!(
-                            "{name} exited ({status}) before listening:\n{}",
-                            peer_logs(dir)
-                        ));
-                    }
+                if let Process::Peer { child, dir } = &mut self.process
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    return Err(format!(
+                        "{name} exited ({status}) before listening:\n{}",
+                        peer_logs(dir)
+                    ));
                 }
                 if Instant::now() > deadline {
                     return Err(format!("{name} is not listening on {addr}"));

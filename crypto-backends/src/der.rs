@@ -49,7 +49,7 @@ fn sequence_of_two(a: &[u8], b: &[u8]) -> Vec<u8> {
 
 /// Converts a PKCS#11 ECDSA signature (`r‖s`, equal halves) to the DER `Ecdsa-Sig-Value` TLS wants.
 pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);

@@ -215,23 +215,23 @@ impl Status {
             problems.push("shutting down: draining connections".to_owned());
         }
         let snapshot = self.snapshot();
-        if let Some(leaf) = snapshot.chain.first() {
-            if leaf.expires <= SystemTime::now() {
-                problems.push(format!(
-                    "our certificate {} (serial {}) expired at {}",
-                    leaf.name(),
-                    leaf.serial,
-                    leaf.not_after
-                ));
-            }
+        if let Some(leaf) = snapshot.chain.first()
+            && leaf.expires <= SystemTime::now()
+        {
+            problems.push(format!(
+                "our certificate {} (serial {}) expired at {}",
+                leaf.name(),
+                leaf.serial,
+                leaf.not_after
+            ));
         }
-        if let Some(device) = snapshot.device.as_ref().filter(|d| !d.has_fallback) {
-            if !device.health.is_healthy() {
-                problems.push(format!(
-                    "the {} device holding our key {} is failing; handshakes fail until it recovers",
-                    device.backend, device.key
-                ));
-            }
+        if let Some(device) = snapshot.device.as_ref().filter(|d| !d.has_fallback)
+            && !device.health.is_healthy()
+        {
+            problems.push(format!(
+                "the {} device holding our key {} is failing; handshakes fail until it recovers",
+                device.backend, device.key
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -396,7 +396,7 @@ pub const MAX_EARLY_DATA: u32 = 64 * 1024;
 /// Writes a duration the way the config file does (`10s`, `500ms`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();
@@ -993,15 +993,16 @@ impl Validator<'_> {
                     ))
             }),
         };
-        if let (Some(n), Some(r), Some(at)) = (early_data, resumption, &raw.early_data) {
-            if n > 0 && r != SessionResumption::Cache {
-                self.report(
-                    at,
-                    &format!("{key}.early_data"),
-                    "0-RTT needs resumption = \"cache\": single-use server-side sessions are what \
+        if let (Some(n), Some(r), Some(at)) = (early_data, resumption, &raw.early_data)
+            && n > 0
+            && r != SessionResumption::Cache
+        {
+            self.report(
+                at,
+                &format!("{key}.early_data"),
+                "0-RTT needs resumption = \"cache\": single-use server-side sessions are what \
                      stops a replayed ClientHello from delivering its early data twice",
-                );
-            }
+            );
         }
         Some(InboundConfig {
             name: raw.name.get_ref().clone(),

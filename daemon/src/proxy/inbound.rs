@@ -306,13 +306,12 @@ impl Inbound {
                 forwarded
             }
             Admitted::Plaintext { stream, .. } => {
-                if self.config.proxy_protocol {
-                    if let Err(e) = upstream
+                if self.config.proxy_protocol
+                    && let Err(e) = upstream
                         .write_all(&proxy_protocol::encode(src, local, None))
                         .await
-                    {
-                        return Forwarded::failed(e);
-                    }
+                {
+                    return Forwarded::failed(e);
                 }
                 splice(stream, upstream, idle, hard_stop, &self.metrics).await
             }
