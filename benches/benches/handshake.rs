@@ -83,7 +83,9 @@ fn benches(c: &mut Criterion) {
     let server_id = identity(&ca, &dir, "spiffe://bench.example/server", &backend);
     let client_id = identity(&ca, &dir, "spiffe://bench.example/client", &backend);
     let server = server_id.server_config(&ServerResumption::Off).unwrap();
-    let client = client_id.client_config(&server_id.svid.id, false).unwrap();
+    let client = client_id
+        .client_config(&server_id.svid.id, false, false)
+        .unwrap();
 
     c.bench_function(
         "full mTLS handshake, in memory (X25519MLKEM768, P-256)",
@@ -96,7 +98,7 @@ fn benches(c: &mut Criterion) {
         provider: Arc::new(provider),
         ..client_id.clone()
     }
-    .client_config(&server_id.svid.id, false)
+    .client_config(&server_id.svid.id, false, false)
     .unwrap();
     c.bench_function("full mTLS handshake, in memory (X25519, P-256)", |b| {
         b.iter(|| handshake(&server, &classic))
@@ -115,7 +117,9 @@ fn benches(c: &mut Criterion) {
     let resuming_server = server_id
         .server_config(&ServerResumption::Tickets(ticketer))
         .unwrap();
-    let resuming_client = client_id.client_config(&server_id.svid.id, true).unwrap();
+    let resuming_client = client_id
+        .client_config(&server_id.svid.id, true, false)
+        .unwrap();
     handshake(&resuming_server, &resuming_client);
     assert_eq!(
         handshake(&resuming_server, &resuming_client),

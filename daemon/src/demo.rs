@@ -125,6 +125,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
             connect: INBOUND_ADDR.into(),
             server_id: daemon_id,
             resumption: true,
+            early_data: false,
             limits: Limits::default(),
         }],
         shutdown_grace: Duration::from_secs(5),

@@ -22,10 +22,18 @@ struct Seen {
 
 /// An HTTP-ish upstream behind `proxy_protocol = true` that records each connection.
 async fn recording_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>) {
+    let (up, seen, _) = notifying_upstream().await;
+    (up, seen)
+}
+
+/// Like [`recording_upstream`], with a notification each time a request has been recorded.
+async fn notifying_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>, Arc<tokio::sync::Notify>) {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let recorded = Arc::new(tokio::sync::Notify::new());
     let log = seen.clone();
+    let notify = recorded.clone();
     let up = upstream(move |mut s| {
-        let log = log.clone();
+        let (log, notify) = (log.clone(), notify.clone());
         async move {
             let mut head = vec![0u8; 16];
             if s.read_exact(&mut head).await.is_err() {
@@ -51,12 +59,13 @@ async fn recording_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>) {
                 }
             }
             log.lock().unwrap().push(Seen { early, bytes });
+            notify.notify_one();
             let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nok\n").await;
             let _ = s.shutdown().await;
         }
     })
     .await;
-    (up, seen)
+    (up, seen, recorded)
 }
 
 /// Runs `openssl s_client` with a client certificate; returns stdout and stderr together.
@@ -374,4 +383,124 @@ async fn instances_sharing_a_key_file_resume_each_others_tickets_until_keys_rota
         connect(a.addr("web"), &old_ticket).await,
         (HandshakeKind::Full, true)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn early_data_reaches_the_upstream_before_the_client_has_finished_its_handshake() {
+    use std::io::{Read, Write};
+
+    let pki = Pki::new(TD);
+    let (upstream, seen, recorded) = notifying_upstream().await;
+    let daemon = pki.start_daemon(&pki.inbound(
+        "web",
+        upstream.addr,
+        "proxy_protocol = true\nresumption = \"cache\"\nearly_data = 4096",
+    ));
+    let addr = daemon.addr("web");
+    let mut config = (*pki.client("/early")).clone();
+    config.enable_early_data = true;
+    let config = Arc::new(config);
+    // A first, full handshake leaves a ticket that allows early data.
+    {
+        let mut tls = tls_connect(addr, config.clone()).await.unwrap();
+        tls.write_all(REQUEST).await.unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.ends_with(b"ok\n"));
+    }
+    recorded.notified().await;
+
+    // Second connection, driven by hand: ClientHello and early data go out, and the client
+    // stops there — it reads nothing and so cannot send its Finished.
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+        conn.early_data()
+            .expect("the ticket allows early data")
+            .write_all(REQUEST)
+            .unwrap();
+        while conn.wants_write() {
+            conn.write_tls(&mut sock).unwrap();
+        }
+        sent_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        // Now finish the handshake and read the answer.
+        let mut answer = Vec::new();
+        loop {
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            if conn.read_tls(&mut sock).unwrap() == 0 {
+                break;
+            }
+            conn.process_new_packets().unwrap();
+            let _ = conn.reader().read_to_end(&mut answer);
+        }
+        (conn.is_early_data_accepted(), answer)
+    });
+    tokio::task::spawn_blocking(move || sent_rx.recv().unwrap())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, recorded.notified())
+        .await
+        .expect("the early request reached the upstream while the client had not finished");
+    assert_eq!(
+        seen.lock().unwrap()[1],
+        Seen {
+            early: REQUEST.len() as u32,
+            bytes: REQUEST.to_vec()
+        }
+    );
+    go_tx.send(()).unwrap();
+    let (accepted, answer) = tokio::task::spawn_blocking(move || client.join().unwrap())
+        .await
+        .unwrap();
+    assert!(accepted, "the client saw its early data accepted");
+    assert!(
+        answer.ends_with(b"ok\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let closed = daemon.wait_for_logs("two closes", 2, |l| l["message"] == "connection closed");
+    assert_eq!(closed[1]["handshake"], "early_data");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbound_route_that_opts_in_sends_the_first_bytes_as_early_data() {
+    let pki = Pki::new(TD);
+    let (upstream, seen, _) = notifying_upstream().await;
+    let server = pki.start_daemon(&pki.inbound(
+        "web",
+        upstream.addr,
+        "proxy_protocol = true\nresumption = \"cache\"\nearly_data = 4096",
+    ));
+    let client_side = pki.start_daemon(&format!(
+        "\n[[outbound]]\nname = \"to-web\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{}\"\n\
+         server_id = \"{}\"\nearly_data = true\n",
+        server.addr("web"),
+        pki.id("/web")
+    ));
+    let local = client_side.addr("to-web");
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
+        s.write_all(REQUEST).await.unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        assert!(
+            answer.ends_with(b"ok\n"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let inbound = server.wait_for_logs("two closes", 2, |l| l["message"] == "connection closed");
+    assert_eq!(inbound[0]["handshake"], "full");
+    assert_eq!(inbound[1]["handshake"], "early_data");
+    assert_eq!(seen.lock().unwrap()[1].early, REQUEST.len() as u32);
+    let outbound =
+        client_side.wait_for_logs("two closes", 2, |l| l["message"] == "connection closed");
+    assert_eq!(outbound[1]["handshake"], "early_data");
 }

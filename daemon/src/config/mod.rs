@@ -320,6 +320,8 @@ pub struct OutboundConfig {
     pub server_id: SpiffeId,
     /// Keep sessions so reconnects to this remote resume.
     pub resumption: bool,
+    /// Send the local client's first bytes as 0-RTT early data when resuming.
+    pub early_data: bool,
     /// Resource limits.
     pub limits: Limits,
 }
@@ -1031,12 +1033,23 @@ impl Validator<'_> {
             s.parse::<SpiffeId>()
         });
         let limits = self.limits(&raw.limits, defaults, &format!("{key}.limits"));
+        if let Some(e) = &raw.early_data
+            && *e.get_ref()
+            && raw.resumption == Some(false)
+        {
+            self.report(
+                e,
+                &format!("{key}.early_data"),
+                "early data is only sent on resumed sessions: it needs resumption = true",
+            );
+        }
         Some(OutboundConfig {
             name: raw.name.get_ref().clone(),
             listen: listen?,
             connect: connect?,
             server_id: server_id?,
             resumption: raw.resumption.unwrap_or(true),
+            early_data: raw.early_data.as_ref().is_some_and(|e| *e.get_ref()),
             limits: limits?,
         })
     }

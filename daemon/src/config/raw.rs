@@ -126,6 +126,7 @@ pub(super) struct RawOutbound {
     pub connect: S<String>,
     pub server_id: S<String>,
     pub resumption: Option<bool>,
+    pub early_data: Option<S<bool>>,
     #[serde(default)]
     pub limits: RawLimits,
 }

@@ -15,6 +15,8 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use super::early_tls::EarlyTlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{Forwarded, splice};
@@ -41,7 +43,7 @@ pub struct Inbound {
 /// A peer that passed the handshake and the policy.
 enum Admitted {
     Tls {
-        stream: Box<TlsStream<TcpStream>>,
+        stream: PeerTls,
         id: SpiffeId,
         rule: String,
         /// Bytes the peer sent as 0-RTT early data, held until it was authorized.
@@ -161,18 +163,23 @@ impl Inbound {
         }
 
         let started = Instant::now();
-        let mut tls = self
-            .acceptor
-            .accept(stream)
-            .await
-            .map_err(|e| Refusal::new(RefuseReason::of_handshake(&e), e.to_string()))?;
-        let conn = tls.get_mut().1;
-        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let mut early = Vec::new();
-        if let Some(mut reader) = conn.early_data() {
-            // Bounded by the listener's early_data limit, which rustls enforced on receipt.
-            let _ = std::io::Read::read_to_end(&mut reader, &mut early);
-        }
+        let refuse =
+            |e: std::io::Error| Refusal::new(RefuseReason::of_handshake(&e), e.to_string());
+        let mut tls = if self.config.early_data > 0 {
+            // Returns once early data is here, so it is forwarded without waiting a round trip.
+            let config = self.acceptor.config().clone();
+            PeerTls::Early(Box::new(
+                EarlyTlsStream::accept(stream, config)
+                    .await
+                    .map_err(refuse)?,
+            ))
+        } else {
+            PeerTls::Rustls(Box::new(
+                self.acceptor.accept(stream).await.map_err(refuse)?,
+            ))
+        };
+        let early = tls.take_early_data();
+        let resumed = tls.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let kind = match (resumed, early.is_empty()) {
             (false, _) => HandshakeKind::Full,
             (true, true) => HandshakeKind::Resumed,
@@ -183,7 +190,7 @@ impl Inbound {
             self.metrics.early_data(early.len());
         }
         // The verifier already insisted on exactly one SPIFFE ID in our trust domain.
-        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let chain = tls.connection().peer_certificates().unwrap_or_default();
         let id = chain
             .first()
             .ok_or_else(|| {
@@ -212,7 +219,7 @@ impl Inbound {
             .authorize(Peer::Spiffe(&id))
             .map_err(|r| r.with_peer(id.as_str()))?;
         Ok(Admitted::Tls {
-            stream: Box::new(tls),
+            stream: tls,
             id,
             rule,
             early,
@@ -278,7 +285,7 @@ impl Inbound {
                 stream, id, early, ..
             } => {
                 if self.config.proxy_protocol {
-                    let version = match stream.get_ref().1.protocol_version() {
+                    let version = match stream.connection().protocol_version() {
                         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                         _ => "TLSv1.3",
                     };
@@ -334,5 +341,74 @@ async fn starts_with_tls(stream: &TcpStream) -> Result<bool, Refusal> {
         )),
         Ok(_) => Ok(first[0] == TLS_HANDSHAKE),
         Err(e) => Err(Refusal::new(RefuseReason::PeerClosed, e.to_string())),
+    }
+}
+
+/// The peer's TLS stream: tokio-rustls, or the early-data stream on 0-RTT listeners.
+enum PeerTls {
+    Rustls(Box<TlsStream<TcpStream>>),
+    Early(Box<EarlyTlsStream>),
+}
+
+impl PeerTls {
+    fn connection(&self) -> &rustls::ServerConnection {
+        match self {
+            Self::Rustls(s) => s.get_ref().1,
+            Self::Early(s) => s.connection(),
+        }
+    }
+
+    /// Early data received so far (none unless this listener accepts 0-RTT).
+    fn take_early_data(&mut self) -> Vec<u8> {
+        match self {
+            Self::Rustls(_) => Vec::new(),
+            Self::Early(s) => s.take_early_data(),
+        }
+    }
+}
+
+impl AsyncRead for PeerTls {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerTls {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The data path: inbound and outbound listeners, the copy loop and what we tell upstreams.
 
+pub mod early_tls;
 pub mod forward;
 pub mod inbound;
 pub mod listener;

@@ -55,7 +55,14 @@ impl Outbound {
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| rustls::Error::General(format!("{}: {e}", config.connect)))?;
         Ok(Self {
-            connector: TlsConnector::from(tls.client_config(&config.server_id, config.resumption)?),
+            // With early_data, a resumed connect returns at once and the local client's first
+            // write leaves as 0-RTT data with the ClientHello.
+            connector: TlsConnector::from(tls.client_config(
+                &config.server_id,
+                config.resumption,
+                config.early_data,
+            )?)
+            .early_data(config.early_data),
             server_name,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Semaphore::new(config.limits.max_handshakes),
@@ -152,7 +159,10 @@ impl Outbound {
             Refusal::new(RefuseReason::Revoked, e.to_string())
                 .with_peer(self.config.server_id.as_str())
         })?;
-        let kind = match tls.get_ref().1.handshake_kind() {
+        let conn = tls.get_ref().1;
+        let kind = match conn.handshake_kind() {
+            // Still handshaking: connect returned early to send 0-RTT data.
+            _ if conn.is_handshaking() => HandshakeKind::EarlyData,
             Some(rustls::HandshakeKind::Resumed) => HandshakeKind::Resumed,
             _ => HandshakeKind::Full,
         };

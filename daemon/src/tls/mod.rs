@@ -107,6 +107,10 @@ impl TlsIdentity {
             ServerResumption::Cache { cache, early_data } => {
                 config.session_storage = cache.clone();
                 config.max_early_data_size = *early_data;
+                // The answer to an early request may leave before the client's Finished. rustls
+                // allows this only when no client certificate is requested, i.e. on resumption,
+                // where the PSK binder already proved the ticket holder.
+                config.send_half_rtt_data = *early_data > 0;
             }
         }
         Ok(Arc::new(config))
@@ -119,6 +123,7 @@ impl TlsIdentity {
         &self,
         server_id: &SpiffeId,
         resume: bool,
+        early_data: bool,
     ) -> Result<Arc<ClientConfig>, rustls::Error> {
         let verifier =
             SpiffeServerVerifier::new(self.bundle.roots.clone(), server_id.clone(), &self.provider);
@@ -129,6 +134,7 @@ impl TlsIdentity {
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
                 self.svid.certified_key.clone(),
             )));
+        config.enable_early_data = early_data;
         config.resumption = if resume {
             Resumption::in_memory_sessions(CLIENT_SESSIONS)
         } else {
