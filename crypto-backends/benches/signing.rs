@@ -1,4 +1,5 @@
-//! Signatures per second for each backend, and what the offload wrapper costs.
+//! Signatures per second for each backend, what the offload wrapper costs, and full TLS 1.3
+//! handshakes per second (in memory, server key in each backend).
 //!
 //! `cargo bench -p mtlsd-crypto --all-features --bench signing`; results in
 //! `crypto-backends/BENCHMARKS.md`. The PKCS#11 rows need softhsm2 installed.
@@ -98,5 +99,98 @@ fn signing(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, signing);
+/// One in-memory TLS 1.3 handshake; the server signs with the key under test.
+fn handshake(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) {
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+    let mut buf = Vec::with_capacity(8192);
+    while c.is_handshaking() || s.is_handshaking() {
+        buf.clear();
+        while c.wants_write() {
+            c.write_tls(&mut buf).unwrap();
+        }
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        buf.clear();
+        while s.wants_write() {
+            s.write_tls(&mut buf).unwrap();
+        }
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+}
+
+/// Server and client configs for a certificate (`localhost`) whose key is `key`.
+fn configs(
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: Arc<dyn SigningKey>,
+) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let provider = Arc::new(mtlsd_crypto::software::provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(vec![cert], key);
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+fn handshakes(c: &mut Criterion) {
+    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&pair).unwrap().der().clone();
+    let software = rustls::crypto::aws_lc_rs::sign::any_supported_type(
+        &PrivatePkcs8KeyDer::from(pair.serialize_der()).into(),
+    )
+    .unwrap();
+    let mut group = c.benchmark_group("full_handshake_p256");
+    group.throughput(Throughput::Elements(1));
+    let (server, client) = configs(cert.clone(), software);
+    group.bench_function("software", |b| b.iter(|| handshake(&server, &client)));
+
+    #[cfg(feature = "openssl")]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        std::fs::write(&path, pair.serialize_pem()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let backend = mtlsd_crypto::openssl::OpensslBackend::new(Default::default()).unwrap();
+        let key = backend.load_signing_key(&KeyRef::File(path)).unwrap();
+        let (server, client) = configs(cert.clone(), key);
+        group.bench_function("openssl", |b| b.iter(|| handshake(&server, &client)));
+    }
+
+    if SoftHsm::available() {
+        let hsm = SoftHsm::process();
+        hsm.token("bench-handshake");
+        let backend = hsm.backend(4);
+        let key_ref = backend
+            .generate_ec_key("bench-handshake", "p256", &[2], EcCurve::P256)
+            .unwrap();
+        let KeyRef::Pkcs11(uri) = &key_ref else {
+            unreachable!("a token key")
+        };
+        let token_key = backend.load_key(uri).unwrap();
+        let cert = params.self_signed(&token_key).unwrap().der().clone();
+        let key = backend.load_signing_key(&key_ref).unwrap();
+        let (server, client) = configs(cert.clone(), key.clone());
+        group.bench_function("pkcs11_softhsm", |b| b.iter(|| handshake(&server, &client)));
+        let (server, client) = configs(cert, Arc::new(Offloaded::new(key, Limits::default())));
+        group.bench_function("pkcs11_softhsm+offloaded", |b| {
+            b.iter(|| handshake(&server, &client))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, signing, handshakes);
 criterion_main!(benches);
