@@ -18,9 +18,8 @@ use mtlsd::identity::{SpiffeId, Svid, load_bundle};
 use mtlsd::policy::{Peer, Policy};
 use mtlsd::tls::tickets::{KeySource, Ticketer};
 use mtlsd::tls::{ServerResumption, TlsIdentity};
+use mtlsd_crypto::test_support::handshake_in_memory;
 use mtlsd_crypto::{Backend, KeyRef, software::Software};
-use rustls::{ClientConnection, ServerConnection};
-use rustls_pki_types::ServerName;
 
 fn identity(ca: &Authority, dir: &std::path::Path, id: &str, backend: &Software) -> TlsIdentity {
     let spec = LeafSpec::new(id.parse().unwrap(), Duration::from_secs(3600));
@@ -45,34 +44,7 @@ fn handshake(
     server: &Arc<rustls::ServerConfig>,
     client: &Arc<rustls::ClientConfig>,
 ) -> Option<rustls::HandshakeKind> {
-    let mut c =
-        ClientConnection::new(client.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut s = ServerConnection::new(server.clone()).unwrap();
-    let mut buf = Vec::with_capacity(8192);
-    while c.is_handshaking() || s.is_handshaking() {
-        buf.clear();
-        while c.wants_write() {
-            c.write_tls(&mut buf).unwrap();
-        }
-        s.read_tls(&mut buf.as_slice()).unwrap();
-        s.process_new_packets().unwrap();
-        buf.clear();
-        while s.wants_write() {
-            s.write_tls(&mut buf).unwrap();
-        }
-        c.read_tls(&mut buf.as_slice()).unwrap();
-        c.process_new_packets().unwrap();
-    }
-    // Session tickets follow the handshake; the client must read them to resume next time.
-    buf.clear();
-    while s.wants_write() {
-        s.write_tls(&mut buf).unwrap();
-    }
-    c.read_tls(&mut buf.as_slice()).unwrap();
-    c.process_new_packets().unwrap();
-    let kind = c.handshake_kind();
-    black_box((c, s));
-    kind
+    black_box(handshake_in_memory(server, client))
 }
 
 fn benches(c: &mut Criterion) {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mtlsd_crypto::offload::{Limits, Offloaded};
 use mtlsd_crypto::pkcs11::EcCurve;
-use mtlsd_crypto::test_support::SoftHsm;
+use mtlsd_crypto::test_support::{SoftHsm, handshake_in_memory};
 use mtlsd_crypto::{Backend, KeyRef};
 use rustls::SignatureScheme;
 use rustls::sign::SigningKey;
@@ -101,24 +101,7 @@ fn signing(c: &mut Criterion) {
 
 /// One in-memory TLS 1.3 handshake; the server signs with the key under test.
 fn handshake(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) {
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
-    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
-    let mut buf = Vec::with_capacity(8192);
-    while c.is_handshaking() || s.is_handshaking() {
-        buf.clear();
-        while c.wants_write() {
-            c.write_tls(&mut buf).unwrap();
-        }
-        s.read_tls(&mut buf.as_slice()).unwrap();
-        s.process_new_packets().unwrap();
-        buf.clear();
-        while s.wants_write() {
-            s.write_tls(&mut buf).unwrap();
-        }
-        c.read_tls(&mut buf.as_slice()).unwrap();
-        c.process_new_packets().unwrap();
-    }
+    std::hint::black_box(handshake_in_memory(server, client));
 }
 
 /// Server and client configs for a certificate (`localhost`) whose key is `key`.

@@ -223,3 +223,37 @@ fn set_conf_env(conf: &Path) {
     // test harness's own threads do not read the environment while tests run.
     unsafe { std::env::set_var("SOFTHSM2_CONF", conf) };
 }
+
+/// Runs one TLS handshake between in-memory connections (no sockets), including the session
+/// tickets that follow it, and returns the kind of handshake the client saw.
+pub fn handshake_in_memory(
+    server: &std::sync::Arc<rustls::ServerConfig>,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("valid name");
+    let mut c = rustls::ClientConnection::new(client.clone(), name).expect("client connection");
+    let mut s = rustls::ServerConnection::new(server.clone()).expect("server connection");
+    let mut buf = Vec::with_capacity(8192);
+    let mut server_to_client = |c: &mut rustls::ClientConnection,
+                                s: &mut rustls::ServerConnection| {
+        buf.clear();
+        while s.wants_write() {
+            s.write_tls(&mut buf).expect("server writes");
+        }
+        c.read_tls(&mut buf.as_slice()).expect("client reads");
+        c.process_new_packets().expect("client handshake");
+    };
+    let mut flight = Vec::with_capacity(8192);
+    while c.is_handshaking() || s.is_handshaking() {
+        flight.clear();
+        while c.wants_write() {
+            c.write_tls(&mut flight).expect("client writes");
+        }
+        s.read_tls(&mut flight.as_slice()).expect("server reads");
+        s.process_new_packets().expect("server handshake");
+        server_to_client(&mut c, &mut s);
+    }
+    // Session tickets follow the handshake; the client must read them to resume next time.
+    server_to_client(&mut c, &mut s);
+    c.handshake_kind()
+}

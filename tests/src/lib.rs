@@ -122,6 +122,63 @@ impl Pki {
     }
 }
 
+/// Runs `command` (bounded by the program's own timeouts), asserts it succeeded, returns its stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `curl https://localhost:<port>/` with `client`'s certificate, trusting `bundle`; returns the body.
+pub fn curl_https(addr: SocketAddr, bundle: &Path, client: &CertFiles) -> String {
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(bundle)
+            .arg("--cert")
+            .arg(&client.cert)
+            .arg("--key")
+            .arg(&client.key)
+            .arg(format!("https://localhost:{}/", addr.port())),
+    )
+}
+
+/// Runs `openssl s_client` against `addr` with `client`'s certificate and chain, trusting
+/// `bundle`, feeding it `stdin`; `args` adds options (`-quiet`, `-sess_out F`, ...).
+pub fn s_client(
+    addr: SocketAddr,
+    bundle: &Path,
+    client: &CertFiles,
+    args: &[&str],
+    stdin: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
+        .arg(bundle)
+        .arg("-cert")
+        .arg(&client.cert)
+        // s_client sends only the leaf from -cert; the intermediate comes from -cert_chain.
+        .arg("-cert_chain")
+        .arg(&client.cert)
+        .arg("-key")
+        .arg(&client.key)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// GETs (or with `body`, PUTs) `path` on the admin endpoint with curl; returns (status, body).
 pub fn admin_request(addr: SocketAddr, path: &str, body: Option<&str>) -> (u16, String) {
     let mut curl = Command::new("curl");

@@ -38,56 +38,15 @@ fn hsm_svid(hsm: &SoftHsm, pki: &Pki, token: &str, id: &str) -> HsmSvid {
     HsmSvid { uri, cert }
 }
 
-fn curl(addr: std::net::SocketAddr, pki: &Pki, client: &CertFiles) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(pki.bundle())
-        .arg("--cert")
-        .arg(&client.cert)
-        .arg("--key")
-        .arg(&client.key)
-        .arg(format!("https://localhost:{}/", addr.port()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// An HTTP GET through openssl s_client; returns what it printed.
+fn s_client_get(addr: std::net::SocketAddr, pki: &Pki, client: &CertFiles) -> String {
+    let out = s_client(
+        addr,
+        &pki.bundle(),
+        client,
+        &["-quiet"],
+        b"GET / HTTP/1.0\r\n\r\n",
     );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s_client(addr: std::net::SocketAddr, pki: &Pki, client: &CertFiles) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            &addr.to_string(),
-            "-CAfile",
-        ])
-        .arg(pki.bundle())
-        .arg("-cert")
-        .arg(&client.cert)
-        .arg("-cert_chain")
-        .arg(&client.cert)
-        .arg("-key")
-        .arg(&client.key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"GET / HTTP/1.0\r\n\r\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -124,8 +83,11 @@ async fn a_key_held_in_softhsm_serves_curl_and_openssl_s_client() {
     );
     let addr = daemon.addr("web");
     let client = pki.issue(&pki.id("/frontend"));
-    assert_eq!(curl(addr, &pki, &client), "hello from behind the HSM\n");
-    assert!(s_client(addr, &pki, &client).ends_with("hello from behind the HSM\n"));
+    assert_eq!(
+        curl_https(addr, &pki.bundle(), &client),
+        "hello from behind the HSM\n"
+    );
+    assert!(s_client_get(addr, &pki, &client).ends_with("hello from behind the HSM\n"));
 
     let (_, text) = admin_request(daemon.admin_addr(), "/metrics", None);
     let labels = format!(r#"{{backend="pkcs11",key="{}"}}"#, svid.uri);
@@ -154,20 +116,15 @@ async fn a_ca_whose_root_key_never_leaves_the_token_issues_chains_openssl_and_cu
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let uri = format!("pkcs11:token={token};object=root");
-    let out = Command::new(mtlsd_bin())
-        .args(["ca", "init", "--trust-domain", TD, "--dir"])
-        .arg(&ca_dir)
-        .args(["--root-key", &uri, "--create-root-key", "--pkcs11-module"])
-        .arg(hsm.module())
-        .arg("--pin-file")
-        .arg(hsm.pin_file())
-        .envs(hsm.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(mtlsd_bin())
+            .args(["ca", "init", "--trust-domain", TD, "--dir"])
+            .arg(&ca_dir)
+            .args(["--root-key", &uri, "--create-root-key", "--pkcs11-module"])
+            .arg(hsm.module())
+            .arg("--pin-file")
+            .arg(hsm.pin_file())
+            .envs(hsm.env()),
     );
     assert!(
         !ca_dir.join("root.key").exists(),
@@ -183,39 +140,28 @@ async fn a_ca_whose_root_key_never_leaves_the_token_issues_chains_openssl_and_cu
     // Day-to-day issuance uses the intermediate; the chain ends at the HSM-signed root.
     let leaf = dir.path().join("leaf.pem");
     let key = dir.path().join("leaf.key");
-    let out = Command::new(mtlsd_bin())
-        .args(["ca", "issue", "--dir"])
-        .arg(&ca_dir)
-        .args([
-            "--id",
-            &format!("spiffe://{TD}/web"),
-            "--dns",
-            "localhost",
-            "--cert",
-        ])
-        .arg(&leaf)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(mtlsd_bin())
+            .args(["ca", "issue", "--dir"])
+            .arg(&ca_dir)
+            .args([
+                "--id",
+                &format!("spiffe://{TD}/web"),
+                "--dns",
+                "localhost",
+                "--cert",
+            ])
+            .arg(&leaf)
+            .arg("--key")
+            .arg(&key),
     );
-    let verify = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(ca_dir.join("root.pem"))
-        .arg("-untrusted")
-        .arg(ca_dir.join("intermediate.pem"))
-        .arg(&leaf)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "openssl verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
+    run_ok(
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(ca_dir.join("root.pem"))
+            .arg("-untrusted")
+            .arg(ca_dir.join("intermediate.pem"))
+            .arg(&leaf),
     );
 
     // curl trusts the HSM-rooted bundle when talking to a daemon holding that leaf.
@@ -223,16 +169,15 @@ async fn a_ca_whose_root_key_never_leaves_the_token_issues_chains_openssl_and_cu
     let bundle = ca_dir.join("bundle.pem");
     let client_cert = dir.path().join("client.pem");
     let client_key = dir.path().join("client.key");
-    let out = Command::new(mtlsd_bin())
-        .args(["ca", "issue", "--dir"])
-        .arg(&ca_dir)
-        .args(["--id", &format!("spiffe://{TD}/frontend"), "--cert"])
-        .arg(&client_cert)
-        .arg("--key")
-        .arg(&client_key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run_ok(
+        Command::new(mtlsd_bin())
+            .args(["ca", "issue", "--dir"])
+            .arg(&ca_dir)
+            .args(["--id", &format!("spiffe://{TD}/frontend"), "--cert"])
+            .arg(&client_cert)
+            .arg("--key")
+            .arg(&client_key),
+    );
     let daemon = Daemon::start(&format!(
         "[identity]\ntrust_domain = \"{TD}\"\ncert = \"{}\"\nkey = \"{}\"\nbundle = \"{}\"\n\
          [[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n",
@@ -241,22 +186,14 @@ async fn a_ca_whose_root_key_never_leaves_the_token_issues_chains_openssl_and_cu
         bundle.display(),
         upstream.addr
     ));
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(&bundle)
-        .arg("--cert")
-        .arg(&client_cert)
-        .arg("--key")
-        .arg(&client_key)
-        .arg(format!("https://localhost:{}/", daemon.addr("web").port()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let client = CertFiles {
+        cert: client_cert,
+        key: client_key,
+    };
+    assert_eq!(
+        curl_https(daemon.addr("web"), &bundle, &client),
+        "rooted in the HSM\n"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "rooted in the HSM\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,7 +272,7 @@ async fn the_openssl_engine_path_signs_with_a_token_key_through_libp11() {
     );
     let client = pki.issue(&pki.id("/frontend"));
     assert_eq!(
-        curl(daemon.addr("web"), &pki, &client),
+        curl_https(daemon.addr("web"), &pki.bundle(), &client),
         "signed through the pkcs11 engine\n"
     );
 }

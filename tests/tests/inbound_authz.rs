@@ -1,6 +1,5 @@
 //! Inbound authentication and authorization with real clients: rustls, curl and openssl s_client.
 
-use std::process::Command;
 use std::time::Duration;
 
 use mtlsd::ca::LeafSpec;
@@ -63,56 +62,19 @@ async fn curl_and_openssl_s_client_are_served() {
     let client = pki.issue(&format!("spiffe://{TD}/frontend"));
     let addr = daemon.addr("web");
 
-    let curl = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(pki.bundle())
-        .arg("--cert")
-        .arg(&client.cert)
-        .arg("--key")
-        .arg(&client.key)
-        .arg(format!("https://localhost:{}/", addr.port()))
-        .output()
-        .unwrap();
-    assert!(
-        curl.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&curl.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&curl.stdout),
+        curl_https(addr, &pki.bundle(), &client),
         "hello from upstream\n"
     );
-
     for version in ["-tls1_3", "-tls1_2"] {
-        let mut s_client = Command::new("openssl")
-            .args([
-                "s_client",
-                "-quiet",
-                version,
-                "-connect",
-                &addr.to_string(),
-                "-CAfile",
-            ])
-            .arg(pki.bundle())
-            .arg("-cert")
-            .arg(&client.cert)
-            // s_client sends only the leaf from -cert; the intermediate comes from -cert_chain.
-            .arg("-cert_chain")
-            .arg(&client.cert)
-            .arg("-key")
-            .arg(&client.key)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = s_client.stdin.take().unwrap();
-            // -quiet ignores EOF on stdin, so s_client reads until the server closes.
-            stdin.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        }
-        let out = s_client.wait_with_output().unwrap();
+        // -quiet ignores EOF on stdin, so s_client reads until the server closes.
+        let out = s_client(
+            addr,
+            &pki.bundle(),
+            &client,
+            &["-quiet", version],
+            b"GET / HTTP/1.0\r\n\r\n",
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.ends_with("hello from upstream\n"),

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,40 +68,19 @@ async fn notifying_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>, Arc<tokio::sy
     (up, seen, recorded)
 }
 
-/// Runs `openssl s_client` with a client certificate; returns stdout and stderr together.
-fn s_client(
+/// TLS 1.3 `openssl s_client` with a client certificate; returns stdout and stderr together.
+fn s_client_tls13(
     addr: SocketAddr,
     pki: &Pki,
     client: &CertFiles,
     args: &[&str],
     stdin: &[u8],
 ) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-tls1_3",
-            "-connect",
-            &addr.to_string(),
-            "-CAfile",
-        ])
-        .arg(pki.bundle())
-        .arg("-cert")
-        .arg(&client.cert)
-        .arg("-cert_chain")
-        .arg(&client.cert)
-        .arg("-key")
-        .arg(&client.key)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let args: Vec<&str> = ["-tls1_3"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let out = s_client(addr, &pki.bundle(), client, &args, stdin);
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
@@ -120,7 +99,7 @@ async fn openssl_resumes_with_a_ticket_and_the_access_log_says_so() {
     let session = dir.path().join("session.pem");
 
     // -ign_eof: read until the server closes, so the ticket that follows the handshake is saved.
-    let first = s_client(
+    let first = s_client_tls13(
         addr,
         &pki,
         &client,
@@ -128,7 +107,7 @@ async fn openssl_resumes_with_a_ticket_and_the_access_log_says_so() {
         REQUEST,
     );
     assert!(first.contains("New, TLSv1.3"), "{first}");
-    let second = s_client(
+    let second = s_client_tls13(
         addr,
         &pki,
         &client,
@@ -160,7 +139,7 @@ async fn openssl_early_data_reaches_the_upstream_once_and_a_replay_is_rejected()
     let (session, early) = (dir.path().join("session.pem"), dir.path().join("early.txt"));
     std::fs::write(&early, REQUEST).unwrap();
 
-    let first = s_client(
+    let first = s_client_tls13(
         addr,
         &pki,
         &client,
@@ -175,11 +154,11 @@ async fn openssl_early_data_reaches_the_upstream_once_and_a_replay_is_rejected()
         "-early_data",
         path_str(&early),
     ];
-    let second = s_client(addr, &pki, &client, &args, b"");
+    let second = s_client_tls13(addr, &pki, &client, &args, b"");
     assert!(second.contains("Early data was accepted"), "{second}");
     assert!(second.contains("ok"), "{second}");
     // The same session again: the server-side session was single-use, so the replayed early data is refused.
-    let replay = s_client(
+    let replay = s_client_tls13(
         addr,
         &pki,
         &client,
@@ -302,15 +281,10 @@ async fn instances_sharing_a_key_file_resume_each_others_tickets_until_keys_rota
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("ticket.keys");
     let rotate = || {
-        let out = Command::new(mtlsd_bin())
-            .args(["ticket-keys", "rotate", "--file"])
-            .arg(&keys)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new(mtlsd_bin())
+                .args(["ticket-keys", "rotate", "--file"])
+                .arg(&keys),
         );
     };
     rotate();

@@ -20,9 +20,10 @@ use super::early_tls::EarlyTlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{Forwarded, splice};
+use super::listener::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
-use crate::identity::{Revocations, SpiffeId, ValidityError, check_validity, spiffe_id_of};
+use crate::identity::{SpiffeId, ValidityError, check_validity, spiffe_id_of};
 use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::policy::{Decision, Peer, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
@@ -34,10 +35,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 pub struct Inbound {
     config: InboundConfig,
     acceptor: TlsAcceptor,
-    connections: Arc<Semaphore>,
-    handshakes: Semaphore,
-    metrics: ListenerMetrics,
-    revocations: Arc<Revocations>,
+    state: RouteState,
 }
 
 /// A peer that passed the handshake and the policy.
@@ -74,10 +72,7 @@ impl Inbound {
     ) -> Result<Self, rustls::Error> {
         Ok(Self {
             acceptor: TlsAcceptor::from(tls.server_config(resumption)?),
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            handshakes: Semaphore::new(config.limits.max_handshakes),
-            metrics,
-            revocations: tls.revocations.clone(),
+            state: RouteState::new(&config.limits, metrics, tls.revocations.clone()),
             config,
         })
     }
@@ -89,18 +84,13 @@ impl Inbound {
 
     /// Shares `slots` (from the listener this one replaces) instead of fresh ones.
     pub fn with_connection_slots(mut self, slots: Arc<Semaphore>) -> Self {
-        self.connections = slots;
+        self.state.connections = slots;
         self
     }
 
-    /// Slots for open connections (`max_connections`).
-    pub fn connections(&self) -> &Arc<Semaphore> {
-        &self.connections
-    }
-
-    /// This listener's metrics.
-    pub fn metrics(&self) -> &ListenerMetrics {
-        &self.metrics
+    /// Limits in force, metrics and CRLs.
+    pub fn state(&self) -> &RouteState {
+        &self.state
     }
 
     /// Admits, forwards and closes one accepted connection.
@@ -151,11 +141,7 @@ impl Inbound {
 
     /// Handshake and policy: returns an authorized peer or the reason it was refused.
     async fn admit(&self, stream: TcpStream) -> Result<Admitted, Refusal> {
-        let _slot = self
-            .handshakes
-            .acquire()
-            .await
-            .expect("handshake semaphore is never closed");
+        let _slot = self.state.handshake_slot().await;
 
         if self.config.mode == Mode::Permissive && !starts_with_tls(&stream).await? {
             let rule = self.authorize(Peer::Unauthenticated)?;
@@ -185,9 +171,9 @@ impl Inbound {
             (true, true) => HandshakeKind::Resumed,
             (true, false) => HandshakeKind::EarlyData,
         };
-        self.metrics.handshake(kind, started.elapsed());
+        self.state.metrics.handshake(kind, started.elapsed());
         if !early.is_empty() {
-            self.metrics.early_data(early.len());
+            self.state.metrics.early_data(early.len());
         }
         // The verifier already insisted on exactly one SPIFFE ID in our trust domain.
         let chain = tls.connection().peer_certificates().unwrap_or_default();
@@ -201,7 +187,7 @@ impl Inbound {
                     .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
             })?;
         // Full or resumed, the chain must not hold a revoked certificate under the CRLs loaded now.
-        self.revocations.check(chain).map_err(|e| {
+        self.state.revocations.check(chain).map_err(|e| {
             Refusal::new(RefuseReason::Revoked, e.to_string()).with_peer(id.as_str())
         })?;
         if resumed {
@@ -231,19 +217,19 @@ impl Inbound {
         match self.config.policy.authorize(peer) {
             Decision::Allow(rule) => {
                 let rule = rule.to_string();
-                self.metrics.authorization("allow", &rule);
+                self.state.metrics.authorization("allow", &rule);
                 Ok(rule)
             }
             Decision::Deny(rule) => {
                 let rule = rule.to_string();
-                self.metrics.authorization("deny", &rule);
+                self.state.metrics.authorization("deny", &rule);
                 Err(Refusal::new(
                     RefuseReason::Denied,
                     format!("deny rule {rule} matched"),
                 ))
             }
             Decision::NoMatch => {
-                self.metrics.authorization("no_match", "");
+                self.state.metrics.authorization("no_match", "");
                 Err(Refusal::new(
                     RefuseReason::NotAllowed,
                     "no allow rule matched",
@@ -306,9 +292,10 @@ impl Inbound {
                     if let Err(e) = upstream.write_all(&early).await {
                         return Forwarded::failed(e);
                     }
-                    self.metrics.from_peer.inc_by(early.len() as u64);
+                    self.state.metrics.from_peer.inc_by(early.len() as u64);
                 }
-                let mut forwarded = splice(stream, upstream, idle, hard_stop, &self.metrics).await;
+                let mut forwarded =
+                    splice(stream, upstream, idle, hard_stop, &self.state.metrics).await;
                 forwarded.from_peer += early.len() as u64;
                 forwarded
             }
@@ -320,7 +307,7 @@ impl Inbound {
                 {
                     return Forwarded::failed(e);
                 }
-                splice(stream, upstream, idle, hard_stop, &self.metrics).await
+                splice(stream, upstream, idle, hard_stop, &self.state.metrics).await
             }
         }
     }

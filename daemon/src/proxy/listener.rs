@@ -11,7 +11,42 @@ use tracing::error;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::{ACCEPT_ERROR_BACKOFF, Drain, Outcome, Refusal, RefuseReason, log_outcome};
+use crate::config::Limits;
+use crate::identity::Revocations;
 use crate::metrics::{Direction, ListenerMetrics};
+
+/// What every route keeps besides its config: limits in force, metrics and the CRLs to check.
+#[derive(Debug)]
+pub struct RouteState {
+    /// Slots for open connections (`max_connections`), shareable with a successor route.
+    pub connections: Arc<Semaphore>,
+    /// Slots for handshakes in progress (`max_handshakes`).
+    pub handshakes: Semaphore,
+    /// This listener's metrics.
+    pub metrics: ListenerMetrics,
+    /// Revoked certificates no peer chain may contain.
+    pub revocations: Arc<Revocations>,
+}
+
+impl RouteState {
+    /// Fresh slots for `limits`.
+    pub fn new(limits: &Limits, metrics: ListenerMetrics, revocations: Arc<Revocations>) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshakes: Semaphore::new(limits.max_handshakes),
+            metrics,
+            revocations,
+        }
+    }
+
+    /// Waits for a handshake slot; slots are never closed.
+    pub async fn handshake_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.handshakes
+            .acquire()
+            .await
+            .expect("handshake semaphore is never closed")
+    }
+}
 
 /// What a listener does with the connections it accepts.
 #[derive(Debug, Clone)]
@@ -47,11 +82,15 @@ impl Route {
         }
     }
 
-    fn connections(&self) -> &Arc<Semaphore> {
+    fn state(&self) -> &RouteState {
         match self {
-            Self::Inbound(i) => i.connections(),
-            Self::Outbound(o) => o.connections(),
+            Self::Inbound(i) => i.state(),
+            Self::Outbound(o) => o.state(),
         }
+    }
+
+    fn connections(&self) -> &Arc<Semaphore> {
+        &self.state().connections
     }
 
     /// The slots that bound open connections, to share with a route that replaces this one.
@@ -68,10 +107,7 @@ impl Route {
     }
 
     fn metrics(&self) -> &ListenerMetrics {
-        match self {
-            Self::Inbound(i) => i.metrics(),
-            Self::Outbound(o) => o.metrics(),
-        }
+        &self.state().metrics
     }
 
     async fn handle(

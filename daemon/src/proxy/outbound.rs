@@ -14,9 +14,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::splice;
+use super::listener::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason};
 use crate::config::OutboundConfig;
-use crate::identity::Revocations;
 use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::tls::TlsIdentity;
 
@@ -25,10 +25,7 @@ pub struct Outbound {
     config: OutboundConfig,
     connector: TlsConnector,
     server_name: ServerName<'static>,
-    connections: Arc<Semaphore>,
-    handshakes: Semaphore,
-    metrics: ListenerMetrics,
-    revocations: Arc<Revocations>,
+    state: RouteState,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -64,10 +61,7 @@ impl Outbound {
             )?)
             .early_data(config.early_data),
             server_name,
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            handshakes: Semaphore::new(config.limits.max_handshakes),
-            metrics,
-            revocations: tls.revocations.clone(),
+            state: RouteState::new(&config.limits, metrics, tls.revocations.clone()),
             config,
         })
     }
@@ -79,18 +73,13 @@ impl Outbound {
 
     /// Shares `slots` (from the listener this one replaces) instead of fresh ones.
     pub fn with_connection_slots(mut self, slots: Arc<Semaphore>) -> Self {
-        self.connections = slots;
+        self.state.connections = slots;
         self
     }
 
-    /// Slots for open connections (`max_connections`).
-    pub fn connections(&self) -> &Arc<Semaphore> {
-        &self.connections
-    }
-
-    /// This listener's metrics.
-    pub fn metrics(&self) -> &ListenerMetrics {
-        &self.metrics
+    /// Limits in force, metrics and CRLs.
+    pub fn state(&self) -> &RouteState {
+        &self.state
     }
 
     /// Dials, verifies, forwards and closes one local client's connection.
@@ -117,7 +106,7 @@ impl Outbound {
                 remote,
                 self.config.limits.idle_timeout,
                 hard_stop,
-                &self.metrics,
+                &self.state.metrics,
             )
             .await,
             duration: started.elapsed(),
@@ -126,11 +115,7 @@ impl Outbound {
 
     /// Connects to the remote and completes an mTLS handshake with the expected server.
     async fn dial(&self) -> Result<(TlsStream<TcpStream>, HandshakeKind), Refusal> {
-        let _slot = self
-            .handshakes
-            .acquire()
-            .await
-            .expect("handshake semaphore is never closed");
+        let _slot = self.state.handshake_slot().await;
         let unavailable = |detail: String| {
             Refusal::new(
                 RefuseReason::UpstreamUnavailable,
@@ -155,7 +140,7 @@ impl Outbound {
                     .with_peer(self.config.server_id.as_str())
             })?;
         let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        self.revocations.check(chain).map_err(|e| {
+        self.state.revocations.check(chain).map_err(|e| {
             Refusal::new(RefuseReason::Revoked, e.to_string())
                 .with_peer(self.config.server_id.as_str())
         })?;
@@ -166,7 +151,7 @@ impl Outbound {
             Some(rustls::HandshakeKind::Resumed) => HandshakeKind::Resumed,
             _ => HandshakeKind::Full,
         };
-        self.metrics.handshake(kind, started.elapsed());
+        self.state.metrics.handshake(kind, started.elapsed());
         Ok((tls, kind))
     }
 }
