@@ -48,7 +48,7 @@ pub fn render(
     unit: &str,
     decimals: usize,
 ) -> Option<String> {
-    let rows: Vec<(String, f64, f64, f64)> = report["contenders"]
+    let rows: Vec<(String, f64, f64, f64, Option<f64>)> = report["contenders"]
         .as_array()?
         .iter()
         .filter_map(|c| {
@@ -58,6 +58,7 @@ pub fn render(
                 get("median")?,
                 get("min")?,
                 get("max")?,
+                get("ratio_vs_baseline"),
             ))
         })
         .collect();
@@ -65,7 +66,7 @@ pub fn render(
         return None;
     }
     let (left, bar_w, row_h, top) = (130.0, 400.0, 30.0, 48.0);
-    let width = left + bar_w + 110.0;
+    let width = left + bar_w + 170.0;
     let height = top + row_h * rows.len() as f64 + 34.0;
     let max = rows.iter().map(|r| r.3.max(r.1)).fold(0.0_f64, f64::max);
     let scale = if max > 0.0 { bar_w / max } else { 0.0 };
@@ -78,7 +79,7 @@ pub fn render(
 "##,
         escape(title)
     );
-    for (i, (name, median, min, max)) in rows.iter().enumerate() {
+    for (i, (name, median, min, max, ratio)) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
         let fill = if name.starts_with("mtlsd") {
             "#2b6cb0"
@@ -91,7 +92,7 @@ pub fn render(
             r##"<text x="{tx}" y="{ty}" text-anchor="end">{name}</text>
 <rect x="{left}" y="{y}" width="{w:.1}" height="{bh}" fill="{fill}"/>
 <line x1="{x1:.1}" x2="{x2:.1}" y1="{wy}" y2="{wy}" stroke="#1a202c" stroke-width="1.5"/>
-<text x="{lx:.1}" y="{ty}">{median:.decimals$} {unit}</text>
+<text x="{lx:.1}" y="{ty}">{label} {unit}{times}</text>
 "##,
             tx = left - 8.0,
             ty = y + 16.0,
@@ -102,15 +103,18 @@ pub fn render(
             wy = y + (row_h - 8.0) / 2.0,
             lx = left + w.max(max * scale) + 6.0,
             unit = escape(unit),
+            label = crate::num(&serde_json::json!(median), decimals),
+            times = ratio.map_or(String::new(), |r| format!(" · {r:.2}×")),
         );
     }
     let _ = write!(
         svg,
-        r##"<text x="10" y="{fy}" font-size="11" fill="#4a5568">median of {rounds} interleaved rounds; whisker: min to max. {date}, {cpu}</text>
+        r##"<text x="10" y="{fy}" font-size="11" fill="#4a5568">median of {rounds} interleaved rounds, whisker min to max, × vs {base}. {date}, {cpu}</text>
 </svg>
 "##,
         fy = height - 12.0,
         rounds = report["settings"]["rounds"],
+        base = escape(report["baseline"].as_str().unwrap_or("")),
         date = escape(report["date"].as_str().unwrap_or("")),
         cpu = escape(report["machine"]["cpu"].as_str().unwrap_or("")),
     );
