@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mtlsd::admin::{Admin, LogControl};
 use mtlsd::ca::{Authority, LeafSpec, Revoke};
-use mtlsd::config::{Config, parse_duration};
+use mtlsd::config::{Config, IdentitySource, parse_duration};
 use mtlsd::identity::SpiffeId;
 use mtlsd::metrics::Metrics;
 use mtlsd::runtime::{Daemon, load_identity};
@@ -428,12 +428,35 @@ async fn run(
 
 fn check(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
-    let backend = backend_for(&config.crypto)
-        .with_context(|| format!("crypto backend {}", config.crypto.backend.name()))?;
-    let identity = load_identity(&config.identity, &config.crypto, backend.as_ref())?;
+    let identity = match &config.identity.source {
+        // Issuing a certificate just to check the config would fill the CA's ledger:
+        // check that the CA opens and serves our trust domain, and that bundle and CRL load.
+        IdentitySource::Ca { dir, id, .. } => {
+            let ca = Authority::open(dir)?;
+            anyhow::ensure!(
+                ca.trust_domain() == config.identity.trust_domain
+                    && id.trust_domain() == config.identity.trust_domain,
+                "identity.ca_dir {} issues for {}, identity.id is {id}, identity.trust_domain is {}",
+                dir.display(),
+                ca.trust_domain(),
+                config.identity.trust_domain
+            );
+            mtlsd::identity::load_bundle(&config.identity.bundle)?;
+            mtlsd::identity::Revocations::load(config.identity.crl.as_slice())?;
+            id.to_string()
+        }
+        IdentitySource::Files { .. } => {
+            let backend = backend_for(&config.crypto)
+                .with_context(|| format!("crypto backend {}", config.crypto.backend.name()))?;
+            load_identity(&config.identity, &config.crypto, backend.as_ref())?
+                .svid
+                .id
+                .to_string()
+        }
+    };
     info!(
         config = %path.display(),
-        identity = %identity.svid.id,
+        identity = %identity,
         inbound = config.inbound.len(),
         outbound = config.outbound.len(),
         "config is valid"

@@ -124,6 +124,48 @@ fn check_accepts_a_good_config_and_points_at_the_bad_line_and_key() {
 }
 
 #[test]
+fn check_of_a_ca_issued_identity_does_not_issue_anything() {
+    let pki = Pki::new(TD);
+    let ca_dir = pki.ca.bundle_path().parent().unwrap().to_owned();
+    let before = pki.ca.issued().unwrap().len();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, td_of_id: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[identity]\ntrust_domain = \"{TD}\"\nca_dir = \"{}\"\nid = \"spiffe://{td_of_id}/web\"\n\
+                 [[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nforward = \"127.0.0.1:2\"\nallow = [\"spiffe://{TD}\"]\n",
+                ca_dir.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = write("good.toml", TD);
+    let out = mtlsd(&["check", "--config", good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pki.ca.issued().unwrap().len(),
+        before,
+        "check issued a certificate"
+    );
+
+    let foreign = write("foreign.toml", "elsewhere.org");
+    let out = mtlsd(&["check", "--config", foreign.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("identity.id is spiffe://elsewhere.org/web"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn ca_commands_make_a_chain_that_openssl_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
