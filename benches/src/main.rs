@@ -12,6 +12,7 @@
 
 mod chart;
 mod contender;
+mod rtt;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,16 @@ struct Args {
     /// MiB to forward in the bulk phase (one connection); 0 skips it.
     #[arg(long, default_value_t = 1024)]
     bulk_mb: u64,
+    /// Connections per handshake kind (full, resumed, 0-RTT; ECDSA and RSA server keys) for
+    /// mtlsd's server CPU per kind; 0 skips the handshake-kinds section.
+    #[arg(long, default_value_t = 0)]
+    kinds: u32,
+    /// Round-trip time (ms) of the relayed link the handshake kinds' time to first byte is taken over.
+    #[arg(long, default_value_t = 20)]
+    rtt_ms: u64,
+    /// Connections per kind through that link.
+    #[arg(long, default_value_t = 20)]
+    ttfb_samples: u32,
     /// Core to pin the server to.
     #[arg(long, alias = "daemon-cpu", default_value_t = 0)]
     server_cpu: usize,
@@ -100,6 +111,9 @@ impl Args {
         self.latency_secs = 0.5;
         self.idle = 20;
         self.bulk_mb = 2;
+        self.kinds = 4;
+        self.rtt_ms = 10;
+        self.ttfb_samples = 2;
         self.no_pin = true;
     }
 }
@@ -195,7 +209,20 @@ async fn main() {
         eprintln!("mtlsd-bench: {e}");
         std::process::exit(2)
     });
-    let report = run(&args, &specs).await;
+    let mut report = run(&args, &specs).await;
+    if args.kinds > 0 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let settings = rtt::Settings {
+            per_kind: args.kinds,
+            rtt: Duration::from_millis(args.rtt_ms),
+            samples: args.ttfb_samples,
+            server_cpu: (!args.no_pin && cores > args.server_cpu).then_some(args.server_cpu),
+        };
+        report["handshake_kinds"] = rtt::run(settings).await.unwrap_or_else(|e| {
+            eprintln!("mtlsd-bench: handshake kinds: {e}");
+            std::process::exit(1)
+        });
+    }
     output(&args, &report);
 }
 
@@ -589,6 +616,9 @@ fn tables(report: &Value) -> String {
                 ratio(&c["ratio_vs_baseline"][k])
             ));
         }
+    }
+    if report["handshake_kinds"].is_object() {
+        out += &rtt::table(&report["handshake_kinds"]);
     }
     out
 }

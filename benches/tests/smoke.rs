@@ -52,6 +52,17 @@ fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
         );
     }
     assert_eq!(report["baseline"], "mtlsd-x25519");
+    for key in ["ecdsa_p256", "rsa_2048"] {
+        for kind in ["full", "resumed", "early_data"] {
+            let k = &report["handshake_kinds"]["keys"][key][kind];
+            for figure in ["server_cpu_us", "as_intended", "ttfb_ms"] {
+                assert!(
+                    k[figure].is_number(),
+                    "handshake_kinds.{key}.{kind}.{figure} in {report}"
+                );
+            }
+        }
+    }
     for key in ["date", "command"] {
         assert!(report[key].is_string(), "{key} in {report}");
     }
