@@ -478,3 +478,86 @@ async fn an_outbound_route_that_opts_in_sends_the_first_bytes_as_early_data() {
         client_side.wait_for_logs("two closes", 2, |l| l["message"] == "connection closed");
     assert_eq!(outbound[1]["handshake"], "early_data");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_shot_early_request_still_leaves_the_client_a_ticket_for_next_time() {
+    use std::io::{Read, Write};
+
+    // The upstream answers and closes at once. The client reads that answer (0.5-RTT data)
+    // before it even sends its Finished, so the answer is complete first. The daemon must
+    // still finish the handshake and hand out a fresh ticket before closing, or the client's
+    // next connection cannot resume.
+    let pki = Pki::new(TD);
+    let upstream = http_upstream("ok\n").await;
+    let daemon = pki.start_daemon(&pki.inbound(
+        "web",
+        upstream.addr,
+        "resumption = \"cache\"\nearly_data = 4096",
+    ));
+    let addr = daemon.addr("web");
+    let mut config = (*pki.client("/one-shot")).clone();
+    config.enable_early_data = true;
+    // One ticket per connection, so every connection depends on the one before it.
+    let config = Arc::new(config);
+    let accepted = tokio::task::spawn_blocking(move || {
+        let mut accepted = Vec::new();
+        for _ in 0..4 {
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(WAIT)).unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            let early = conn
+                .early_data()
+                .map(|mut e| e.write_all(REQUEST).unwrap())
+                .is_some();
+            if !early {
+                conn.writer().write_all(REQUEST).unwrap();
+            }
+            // Send only what is queued now: the ClientHello (and early data, if any).
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            // Read until the whole answer is here, without sending anything more.
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"ok\n") {
+                if conn.read_tls(&mut sock).unwrap() == 0 {
+                    break;
+                }
+                conn.process_new_packets().unwrap();
+                let _ = conn.reader().read_to_end(&mut answer);
+                // A full handshake needs our Finished (and certificate) before it answers.
+                if !early {
+                    while conn.wants_write() {
+                        conn.write_tls(&mut sock).unwrap();
+                    }
+                }
+            }
+            // Now our Finished goes out; read to the end, tickets included.
+            loop {
+                while conn.wants_write() {
+                    if conn.write_tls(&mut sock).is_err() {
+                        break;
+                    }
+                }
+                match conn.read_tls(&mut sock) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if conn.process_new_packets().is_err() {
+                            break;
+                        }
+                        let _ = conn.reader().read_to_end(&mut answer);
+                    }
+                }
+            }
+            accepted.push(early && conn.is_early_data_accepted());
+        }
+        accepted
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        accepted,
+        [false, true, true, true],
+        "0-RTT on every connection after the first"
+    );
+}

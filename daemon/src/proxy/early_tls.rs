@@ -224,6 +224,13 @@ impl AsyncWrite for EarlyTlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // An early answer can be complete before the client's Finished has arrived. Closing
+        // then would cut the handshake short and the client would never get the session
+        // tickets that follow it, so its next connection could not resume: finish first.
+        while this.conn.is_handshaking() && !this.eof {
+            ready!(this.poll_flush_tls(cx))?;
+            ready!(this.poll_read_tls(cx))?;
+        }
         if !this.close_sent {
             this.conn.send_close_notify();
             this.close_sent = true;
