@@ -5,6 +5,7 @@
 
 use std::process::Command;
 
+use mtlsd_e2e::run_ok;
 use serde_json::Value;
 
 /// Every figure the smoke run produces for every contender, by JSON name.
@@ -28,17 +29,12 @@ const FIGURES: &[&str] = &[
 #[test]
 fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
     let charts = tempfile_dir();
-    let out = Command::new(env!("CARGO_BIN_EXE_mtlsd-bench"))
-        .args(["--smoke", "--compare", "auto", "--json", "--chart"])
-        .arg(&charts)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_mtlsd-bench"))
+            .args(["--smoke", "--compare", "auto", "--json", "--chart"])
+            .arg(&charts),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
     let contenders = report["contenders"].as_array().expect("contenders");
     let names: Vec<&str> = contenders
         .iter()
@@ -98,14 +94,12 @@ fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
 
     // The same JSON renders again without running anything.
     let json = charts.join("report.json");
-    std::fs::write(&json, &out.stdout).unwrap();
-    let again = Command::new(env!("CARGO_BIN_EXE_mtlsd-bench"))
-        .arg("--render")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(again.status.success());
-    let table = String::from_utf8(again.stdout).unwrap();
+    std::fs::write(&json, &out).unwrap();
+    let table = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_mtlsd-bench"))
+            .arg("--render")
+            .arg(&json),
+    );
     assert!(table.contains("| mtlsd-x25519 |"), "{table}");
     std::fs::remove_dir_all(&charts).unwrap();
 }

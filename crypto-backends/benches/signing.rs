@@ -20,6 +20,19 @@ use rustls_pki_types::PrivatePkcs8KeyDer;
 /// A TLS 1.3 CertificateVerify input is ~130 bytes; the size barely matters.
 const MESSAGE: &[u8] = &[0x20; 130];
 
+/// `pair` as a key file (mode 0600) loaded through the OpenSSL backend's `default` provider.
+#[cfg(feature = "openssl")]
+fn openssl_key(pair: &rcgen::KeyPair) -> (tempfile::TempDir, Arc<dyn SigningKey>) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.pem");
+    std::fs::write(&path, pair.serialize_pem()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let backend = mtlsd_crypto::openssl::OpensslBackend::new(Default::default()).unwrap();
+    let key = backend.load_signing_key(&KeyRef::File(path)).unwrap();
+    (dir, key)
+}
+
 fn bench_key(c: &mut Criterion, name: &str, key: &dyn SigningKey) {
     let signer = key
         .choose_scheme(&[SignatureScheme::ECDSA_NISTP256_SHA256])
@@ -45,13 +58,7 @@ fn signing(c: &mut Criterion) {
 
     #[cfg(feature = "openssl")]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.pem");
-        std::fs::write(&path, pair.serialize_pem()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let backend = mtlsd_crypto::openssl::OpensslBackend::new(Default::default()).unwrap();
-        let key = backend.load_signing_key(&KeyRef::File(path)).unwrap();
+        let (_dir, key) = openssl_key(&pair);
         bench_key(c, "openssl", &*key);
     }
 
@@ -141,13 +148,7 @@ fn handshakes(c: &mut Criterion) {
 
     #[cfg(feature = "openssl")]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.pem");
-        std::fs::write(&path, pair.serialize_pem()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let backend = mtlsd_crypto::openssl::OpensslBackend::new(Default::default()).unwrap();
-        let key = backend.load_signing_key(&KeyRef::File(path)).unwrap();
+        let (_dir, key) = openssl_key(&pair);
         let (server, client) = configs(cert.clone(), key);
         group.bench_function("openssl", |b| b.iter(|| handshake(&server, &client)));
     }

@@ -30,3 +30,20 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     file.read_to_end(&mut bytes).map_err(io_err)?;
     Ok(bytes)
 }
+
+/// Writes `text` to `dir/name` with exactly `mode` (the umask could clear bits): for tests.
+#[cfg(test)]
+pub(crate) fn write_with_mode(dir: &Path, name: &str, mode: u32, text: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let mut f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(mode)
+        .open(&path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    path
+}

@@ -120,23 +120,12 @@ fn read_private_key_file(path: &Path) -> Result<SecretDer, Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-
     use super::*;
 
     fn write_key(dir: &Path, name: &str, mode: u32, contents: &str) -> KeyRef {
-        let path = dir.join(name);
-        let mut f = fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(mode)
-            .open(&path)
-            .unwrap();
-        std::io::Write::write_all(&mut f, contents.as_bytes()).unwrap();
-        // The umask may have cleared bits we asked for; set them exactly.
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        KeyRef::File(path)
+        KeyRef::File(crate::secret_file::write_with_mode(
+            dir, name, mode, contents,
+        ))
     }
 
     #[test]

@@ -494,7 +494,7 @@ impl Daemon {
                 Err(e) => error!(fd_name = %name, error = %e, "cannot use socket-activated fd"),
             }
         }
-        let (backend, tls) = load(None, &config)?;
+        let (backend, tls) = load(None, &config).await?;
         let backend_name = backend.1.name();
         let mut daemon = Self {
             drain: Drain::new(),
@@ -523,7 +523,7 @@ impl Daemon {
 
     /// Replaces the running configuration with `config`, or changes nothing and says why.
     pub async fn reload(&mut self, config: Config) -> Result<ReloadSummary, StartError> {
-        let result = match load(self.backend.as_ref(), &config) {
+        let result = match load(self.backend.as_ref(), &config).await {
             Ok((backend, tls)) => self.apply(config, tls, backend).await,
             Err(e) => Err(e),
         };
@@ -841,7 +841,20 @@ impl Daemon {
 }
 
 /// Opens the backend `config` names (reusing `current` when `[crypto]` is unchanged) and loads the identity.
-fn load(
+///
+/// This reads files, may wait for the CA directory's lock and may open a PKCS#11 module, so it
+/// runs on the blocking pool, never on an event-loop thread.
+async fn load(
+    current: Option<&OpenBackend>,
+    config: &Config,
+) -> Result<(OpenBackend, TlsIdentity), StartError> {
+    let (current, config) = (current.cloned(), config.clone());
+    tokio::task::spawn_blocking(move || load_blocking(current.as_ref(), &config))
+        .await
+        .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))
+}
+
+fn load_blocking(
     current: Option<&OpenBackend>,
     config: &Config,
 ) -> Result<(OpenBackend, TlsIdentity), StartError> {

@@ -58,6 +58,18 @@ fn pkcs11_crypto(hsm: &SoftHsm) -> String {
     )
 }
 
+/// For a test that needs a key in a token: the process-wide SoftHSM, a PKI, and a `/web` key
+/// generated in a fresh token named `token`; `None` (skip) when softhsm2 is not installed.
+fn hsm_with_svid(token: &str) -> Option<(&'static SoftHsm, Pki, HsmSvid)> {
+    if !SoftHsm::available() {
+        return None;
+    }
+    let hsm = SoftHsm::process();
+    let pki = Pki::new(TD);
+    let svid = hsm_svid(hsm, &pki, token, &pki.id("/web"));
+    Some((hsm, pki, svid))
+}
+
 fn identity(pki: &Pki, cert: &Path, key: &str) -> String {
     format!(
         "[identity]\ntrust_domain = \"{TD}\"\ncert = \"{}\"\nkey = \"{key}\"\nbundle = \"{}\"\n",
@@ -68,12 +80,9 @@ fn identity(pki: &Pki, cert: &Path, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_held_in_softhsm_serves_curl_and_openssl_s_client() {
-    if !SoftHsm::available() {
+    let Some((hsm, pki, svid)) = hsm_with_svid("leaf-token") else {
         return;
-    }
-    let hsm = SoftHsm::process();
-    let pki = Pki::new(TD);
-    let svid = hsm_svid(hsm, &pki, "leaf-token", &pki.id("/web"));
+    };
     let upstream = http_upstream("hello from behind the HSM\n").await;
     let daemon = Daemon::start(
         &(identity(&pki, &svid.cert, &svid.uri)
@@ -254,12 +263,9 @@ async fn a_slow_device_does_not_stall_established_connections() {
 #[cfg(feature = "openssl")]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openssl_engine_path_signs_with_a_token_key_through_libp11() {
-    if !SoftHsm::available() {
+    let Some((hsm, pki, svid)) = hsm_with_svid("engine-token") else {
         return;
-    }
-    let hsm = SoftHsm::process();
-    let pki = Pki::new(TD);
-    let svid = hsm_svid(hsm, &pki, "engine-token", &pki.id("/web"));
+    };
     let upstream = http_upstream("signed through the pkcs11 engine\n").await;
     let crypto = format!(
         "\n[crypto]\nbackend = \"openssl\"\n[crypto.openssl]\nengine = \"pkcs11\"\n\
@@ -279,12 +285,9 @@ async fn the_openssl_engine_path_signs_with_a_token_key_through_libp11() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_token_refuses_new_handshakes_with_a_reason_and_turns_readiness_off() {
-    if !SoftHsm::available() {
+    let Some((hsm, pki, svid)) = hsm_with_svid("failing-token") else {
         return;
-    }
-    let hsm = SoftHsm::process();
-    let pki = Pki::new(TD);
-    let svid = hsm_svid(hsm, &pki, "failing-token", &pki.id("/web"));
+    };
     let upstream = echo_upstream().await;
     let daemon = Daemon::start(
         &(identity(&pki, &svid.cert, &svid.uri)

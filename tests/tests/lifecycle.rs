@@ -204,26 +204,20 @@ fn ca_commands_make_a_chain_that_openssl_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let verify = Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(ca.join("bundle.pem"))
-        .arg("-untrusted")
-        .arg(&cert)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
+    run_ok(
+        Command::new("openssl")
+            .args(["verify", "-purpose", "sslclient", "-CAfile"])
+            .arg(ca.join("bundle.pem"))
+            .arg("-untrusted")
+            .arg(&cert)
+            .arg(&cert),
     );
-    let text = Command::new("openssl")
-        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&text.stdout).contains("URI:spiffe://example.org/ns/web"));
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&cert),
+    );
+    assert!(text.contains("URI:spiffe://example.org/ns/web"));
 
     // Issuing outside the CA's trust domain is refused.
     let out = mtlsd(&[
@@ -256,36 +250,19 @@ fn the_embedded_demo_serves_curl_through_both_listeners() {
             .is_some_and(|m| m.contains("curl http://127.0.0.1:15001/"))
     });
 
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "http://127.0.0.1:15001/"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("hello spiffe://mtlsd.demo/demo/mtlsd\n")
-    );
+    let body =
+        run_ok(Command::new("curl").args(["-sS", "--max-time", "20", "http://127.0.0.1:15001/"]));
+    assert!(body.starts_with("hello spiffe://mtlsd.demo/demo/mtlsd\n"));
 
     let s = state.path();
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(s.join("ca/bundle.pem"))
-        .arg("--cert")
-        .arg(s.join("curl.pem"))
-        .arg("--key")
-        .arg(s.join("curl.key"))
-        .arg("https://localhost:15443/")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let curl = CertFiles {
+        cert: s.join("curl.pem"),
+        key: s.join("curl.key"),
+    };
+    let body = curl_https(
+        "127.0.0.1:15443".parse().unwrap(),
+        &s.join("ca/bundle.pem"),
+        &curl,
     );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("hello spiffe://mtlsd.demo/demo/curl\n")
-    );
+    assert!(body.starts_with("hello spiffe://mtlsd.demo/demo/curl\n"));
 }

@@ -12,6 +12,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TD: &str = "example.org";
 const REQUEST: &[u8] = b"GET /early HTTP/1.0\r\n\r\n";
+/// Listener keys that accept 0-RTT.
+const EARLY: &str = "resumption = \"cache\"\nearly_data = 4096";
+/// The same, with a PROXY v2 header that says how many bytes came early.
+const EARLY_PROXIED: &str = "proxy_protocol = true\nresumption = \"cache\"\nearly_data = 4096";
+
+/// A client of `pki` for `path` that sends early data when it holds a ticket that allows it.
+fn early_client(pki: &Pki, path: &str) -> Arc<rustls::ClientConfig> {
+    let mut config = (*pki.client(path)).clone();
+    config.enable_early_data = true;
+    Arc::new(config)
+}
 
 /// What a recording upstream saw on one connection: the early-data TLV's count and the bytes after the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,11 +139,7 @@ async fn openssl_resumes_with_a_ticket_and_the_access_log_says_so() {
 async fn openssl_early_data_reaches_the_upstream_once_and_a_replay_is_rejected() {
     let pki = Pki::new(TD);
     let (upstream, seen) = recording_upstream().await;
-    let daemon = pki.start_daemon(&pki.inbound(
-        "web",
-        upstream.addr,
-        "proxy_protocol = true\nresumption = \"cache\"\nearly_data = 4096",
-    ));
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, EARLY_PROXIED));
     let addr = daemon.addr("web");
     let client = pki.issue(&pki.id("/frontend"));
     let dir = tempfile::tempdir().unwrap();
@@ -365,15 +372,9 @@ async fn early_data_reaches_the_upstream_before_the_client_has_finished_its_hand
 
     let pki = Pki::new(TD);
     let (upstream, seen, recorded) = notifying_upstream().await;
-    let daemon = pki.start_daemon(&pki.inbound(
-        "web",
-        upstream.addr,
-        "proxy_protocol = true\nresumption = \"cache\"\nearly_data = 4096",
-    ));
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, EARLY_PROXIED));
     let addr = daemon.addr("web");
-    let mut config = (*pki.client("/early")).clone();
-    config.enable_early_data = true;
-    let config = Arc::new(config);
+    let config = early_client(&pki, "/early");
     // A first, full handshake leaves a ticket that allows early data.
     {
         let mut tls = tls_connect(addr, config.clone()).await.unwrap();
@@ -447,11 +448,7 @@ async fn early_data_reaches_the_upstream_before_the_client_has_finished_its_hand
 async fn an_outbound_route_that_opts_in_sends_the_first_bytes_as_early_data() {
     let pki = Pki::new(TD);
     let (upstream, seen, _) = notifying_upstream().await;
-    let server = pki.start_daemon(&pki.inbound(
-        "web",
-        upstream.addr,
-        "proxy_protocol = true\nresumption = \"cache\"\nearly_data = 4096",
-    ));
+    let server = pki.start_daemon(&pki.inbound("web", upstream.addr, EARLY_PROXIED));
     let client_side = pki.start_daemon(&format!(
         "\n[[outbound]]\nname = \"to-web\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{}\"\n\
          server_id = \"{}\"\nearly_data = true\n",
@@ -489,16 +486,10 @@ async fn a_one_shot_early_request_still_leaves_the_client_a_ticket_for_next_time
     // next connection cannot resume.
     let pki = Pki::new(TD);
     let upstream = http_upstream("ok\n").await;
-    let daemon = pki.start_daemon(&pki.inbound(
-        "web",
-        upstream.addr,
-        "resumption = \"cache\"\nearly_data = 4096",
-    ));
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, EARLY));
     let addr = daemon.addr("web");
-    let mut config = (*pki.client("/one-shot")).clone();
-    config.enable_early_data = true;
     // One ticket per connection, so every connection depends on the one before it.
-    let config = Arc::new(config);
+    let config = early_client(&pki, "/one-shot");
     let accepted = tokio::task::spawn_blocking(move || {
         let mut accepted = Vec::new();
         for _ in 0..4 {

@@ -77,22 +77,10 @@ impl fmt::Debug for Pin {
 
 #[cfg(test)]
 mod tests {
-    use std::fs;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-
     use super::*;
 
     fn write(dir: &Path, name: &str, mode: u32, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        let mut f = fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(mode)
-            .open(&path)
-            .unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        path
+        crate::secret_file::write_with_mode(dir, name, mode, text)
     }
 
     #[test]
