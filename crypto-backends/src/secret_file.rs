@@ -9,6 +9,10 @@ use zeroize::Zeroizing;
 
 use crate::Error;
 
+/// Largest secret file read: keys, PINs and ticket-key lists are a few KiB at most, and a
+/// bigger file is a mistake that must not be read into memory whole.
+pub const MAX_SECRET_FILE: u64 = 1 << 20;
+
 /// Reads a secret file whole into a zeroizing buffer, refusing loose permissions.
 ///
 /// World access of any kind, or a group that may rewrite the file, is refused;
@@ -18,7 +22,7 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
         path: path.to_owned(),
         source,
     };
-    let mut file = fs::File::open(path).map_err(io_err)?;
+    let file = fs::File::open(path).map_err(io_err)?;
     let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o7777;
     if mode & 0o027 != 0 {
         return Err(Error::LoosePermissions {
@@ -27,7 +31,18 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
         });
     }
     let mut bytes = Zeroizing::new(Vec::new());
-    file.read_to_end(&mut bytes).map_err(io_err)?;
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(Error::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("larger than {MAX_SECRET_FILE} bytes; this is not a key file"),
+            ),
+        });
+    }
     Ok(bytes)
 }
 

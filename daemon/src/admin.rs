@@ -10,9 +10,14 @@
 //! | `/logging` | GET, PUT | the log filter in effect; PUT a new one (e.g. `info,mtlsd=debug`) |
 //!
 //! The endpoint is unauthenticated, which is why the config only lets it listen on loopback.
+//! It is also bounded, so that no local process can use it to take descriptors or
+//! time from the data path: at most [`MAX_CONNECTIONS`] at once (more are closed
+//! on accept), one request per connection, headers within [`HEADER_TIMEOUT`] and
+//! the whole exchange within [`CONNECTION_TIMEOUT`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,17 +26,25 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::accept::{AcceptErrors, LogLimit};
 use crate::metrics::Metrics;
 use crate::runtime::Status;
 
 /// Largest request body accepted (a log filter).
 const MAX_BODY: usize = 4096;
+/// Admin connections served at once; scrapers and operators need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one admin connection may last, request and response included.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads and changes the log filter at runtime.
 pub trait LogControl: Send + Sync {
@@ -57,28 +70,44 @@ impl Admin {
         if let Ok(addr) = listener.local_addr() {
             info!(addr = %addr, "admin endpoint listening");
         }
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut errors = AcceptErrors::default();
+        let mut busy = LogLimit::default();
         loop {
-            let (stream, _) = tokio::select! {
+            let accepted = tokio::select! {
                 () = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        warn!(error = %e, "admin accept failed");
-                        continue;
-                    }
-                },
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, src) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    errors.failed("admin", &e).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closing at once gives the descriptor back: the data path needs it more.
+                if let Some(suppressed) = busy.due() {
+                    warn!(src = %src, limit = MAX_CONNECTIONS, suppressed, "admin endpoint busy; connection closed");
+                }
+                continue;
             };
             let admin = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.respond(req).await) }
                 });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!(error = %e, "admin connection failed");
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(src = %src, error = %e, "admin connection failed"),
+                    Err(_) => debug!(src = %src, "admin connection timed out"),
                 }
             });
         }

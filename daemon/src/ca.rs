@@ -348,7 +348,14 @@ impl Authority {
         mut params: CertificateParams,
         public_key: &impl PublicKeyData,
     ) -> Result<IssuedCert, CaError> {
-        params.is_ca = IsCa::ExplicitNoCa;
+        // A leaf says it is no CA with a critical, *empty* BasicConstraints: DER forbids
+        // encoding the default `cA FALSE` (rcgen's `ExplicitNoCa` does, and strict
+        // parsers such as Python's `cryptography` reject it).
+        params.is_ca = IsCa::NoCa;
+        let mut not_ca =
+            rcgen::CustomExtension::from_oid_content(BASIC_CONSTRAINTS_OID, vec![0x30, 0x00]);
+        not_ca.set_criticality(true);
+        params.custom_extensions.push(not_ca);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -358,7 +365,7 @@ impl Authority {
         let serial = random_serial();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(public_key, &self.issuer)?;
-        let serial: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        let serial = hex::encode(serial);
         let id = params
             .subject_alt_names
             .iter()
@@ -472,7 +479,7 @@ impl Authority {
             .filter_map(|r| {
                 let at = r.revoked_at?;
                 Some(rcgen::RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&hex_bytes(&r.serial)?),
+                    serial_number: SerialNumber::from_slice(&hex::decode(&r.serial).ok()?),
                     revocation_time: OffsetDateTime::from_unix_timestamp(at).ok()?,
                     reason_code: None,
                     invalidity_date: None,
@@ -492,13 +499,6 @@ impl Authority {
     }
 }
 
-fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// A leaf certificate issued for a key the CA never saw.
 pub struct IssuedCert {
     /// Leaf then intermediate, PEM.
@@ -516,6 +516,9 @@ impl IssuedSvid {
         write_public(cert, &self.chain_pem)
     }
 }
+
+/// id-ce-basicConstraints (RFC 5280, 4.2.1.9).
+const BASIC_CONSTRAINTS_OID: &[u64] = &[2, 5, 29, 19];
 
 fn ca_params(
     td: &str,
@@ -620,6 +623,32 @@ mod tests {
         assert_eq!(mode("root.key"), 0o600);
         assert_eq!(mode("intermediate.key"), 0o600);
         assert_eq!(mode("bundle.pem"), 0o644);
+    }
+
+    #[test]
+    fn a_leaf_says_it_is_no_ca_in_strict_der() {
+        let dir = tempfile::tempdir().unwrap();
+        let year = Duration::from_secs(86400 * 365);
+        let ca = Authority::init(dir.path(), "example.org", year, year).unwrap();
+        let id: SpiffeId = "spiffe://example.org/leaf".parse().unwrap();
+        let leaf = ca
+            .issue(&LeafSpec::new(id, Duration::from_secs(3600)))
+            .unwrap();
+        let der = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let bc: Vec<_> = x509
+            .extensions()
+            .iter()
+            .filter(|e| e.oid.to_id_string() == "2.5.29.19")
+            .collect();
+        assert_eq!(bc.len(), 1, "exactly one BasicConstraints");
+        assert!(bc[0].critical);
+        // An empty SEQUENCE: cA takes its DEFAULT (false) and is not encoded.
+        assert_eq!(bc[0].value, [0x30, 0x00]);
+        assert!(!x509.is_ca());
     }
 
     #[test]

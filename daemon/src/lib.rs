@@ -6,6 +6,7 @@
 //! [`proxy::outbound`] is the mirror image for local clients. [`runtime`] binds
 //! the listeners from a [`config::Config`] and drains them on shutdown.
 
+pub mod accept;
 pub mod admin;
 pub mod ca;
 pub mod config;

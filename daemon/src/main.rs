@@ -454,6 +454,10 @@ fn check(path: &std::path::Path) -> Result<()> {
                 .to_string()
         }
     };
+    if let Some(file) = &config.resumption.ticket_key_file {
+        let keys = tickets::load_key_file(file)?;
+        info!(file = %file.display(), keys = keys.len(), "session ticket keys are valid");
+    }
     info!(
         config = %path.display(),
         identity = %identity,
@@ -465,34 +469,7 @@ fn check(path: &std::path::Path) -> Result<()> {
 }
 
 fn rotate_ticket_keys(file: &std::path::Path, keep: usize) -> Result<()> {
-    let old = match mtlsd_crypto::read_secret_file(file) {
-        Ok(bytes) => zeroize::Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(mtlsd_crypto::Error::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            zeroize::Zeroizing::new(String::new())
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let new_key = tickets::new_key_line();
-    let mut out = zeroize::Zeroizing::new(String::from(
-        "# mtlsd session ticket keys: the first encrypts, all decrypt\n",
-    ));
-    out.push_str(&new_key);
-    out.push('\n');
-    let kept = old
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .take(keep - 1);
-    let mut count = 1;
-    for line in kept {
-        out.push_str(line);
-        out.push('\n');
-        count += 1;
-    }
-    mtlsd::files::write_atomic(file, out.as_bytes(), 0o600)
-        .with_context(|| format!("writing {}", file.display()))?;
+    let count = tickets::rotate_key_file(file, keep)?;
     info!(file = %file.display(), keys = count, "ticket keys rotated; instances pick them up within a second");
     Ok(())
 }

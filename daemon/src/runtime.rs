@@ -22,8 +22,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use rustls::server::ServerSessionMemoryCache;
-
 use crate::ca::{Authority, LeafSpec};
 use crate::config::{
     Config, CryptoConfig, IdentityConfig, IdentitySource, InboundConfig, OutboundConfig,
@@ -37,7 +35,7 @@ use crate::proxy::listener::{Listener, Route};
 use crate::proxy::outbound::Outbound;
 use crate::signing::{DeviceKey, backend_for, load_signing_key};
 use crate::tls::tickets::{KeySource, TicketKeyError, Ticketer};
-use crate::tls::{ServerResumption, TlsIdentity};
+use crate::tls::{LazySessionCache, ServerResumption, TlsIdentity};
 
 /// An open crypto backend and the `[crypto]` settings it was opened with.
 type OpenBackend = (CryptoConfig, Arc<dyn Backend>);
@@ -84,6 +82,9 @@ pub enum StartError {
     /// The session ticket keys could not be loaded.
     #[error("resumption.ticket_key_file: {0}")]
     TicketKeys(#[source] TicketKeyError),
+    /// Loading panicked: a bug in mtlsd, reported instead of ending the process.
+    #[error("internal error while loading the configuration: {0}")]
+    Panicked(String),
     /// A listener could not bind its address.
     #[error("listener {listener}: cannot listen on {addr}: {source}")]
     Bind {
@@ -382,7 +383,7 @@ struct ResumptionState {
     /// The ticketer in use, with the source and trust context it was made for.
     ticketer: Option<(KeySource, [u8; 32], Arc<Ticketer>)>,
     /// Per listener: its session cache and the trust context and size it was made for.
-    caches: HashMap<String, ([u8; 32], usize, Arc<ServerSessionMemoryCache>)>,
+    caches: HashMap<String, ([u8; 32], Arc<LazySessionCache>)>,
 }
 
 /// What a reload plans for resumption: per listener, and the state to keep if it commits.
@@ -433,10 +434,14 @@ impl ResumptionState {
                                 t.reload();
                                 t
                             }
-                            None => Arc::new(
-                                Ticketer::new(source.clone(), context, r.ticket_rotation)
-                                    .map_err(StartError::TicketKeys)?,
-                            ),
+                            None => {
+                                let t = Arc::new(
+                                    Ticketer::new(source.clone(), context, r.ticket_rotation)
+                                        .map_err(StartError::TicketKeys)?,
+                                );
+                                t.watch();
+                                t
+                            }
                         };
                         state.ticketer = Some((source.clone(), context, ticketer));
                     }
@@ -447,13 +452,14 @@ impl ResumptionState {
                     let cache = self
                         .caches
                         .get(&c.name)
-                        .filter(|(ctx, size, _)| *ctx == context && *size == r.session_cache_size)
-                        .map(|(_, _, cache)| cache.clone())
-                        .unwrap_or_else(|| ServerSessionMemoryCache::new(r.session_cache_size));
-                    state.caches.insert(
-                        c.name.clone(),
-                        (context, r.session_cache_size, cache.clone()),
-                    );
+                        .filter(|(ctx, cache)| {
+                            *ctx == context && cache.size() == r.session_cache_size
+                        })
+                        .map(|(_, cache)| cache.clone())
+                        .unwrap_or_else(|| LazySessionCache::new(r.session_cache_size));
+                    state
+                        .caches
+                        .insert(c.name.clone(), (context, cache.clone()));
                     ServerResumption::Cache {
                         cache,
                         early_data: c.early_data,
@@ -840,6 +846,17 @@ impl Daemon {
     }
 }
 
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned()),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Opens the backend `config` names (reusing `current` when `[crypto]` is unchanged) and loads the identity.
 ///
 /// This reads files, may wait for the CA directory's lock and may open a PKCS#11 module, so it
@@ -851,7 +868,10 @@ async fn load(
     let (current, config) = (current.cloned(), config.clone());
     tokio::task::spawn_blocking(move || load_blocking(current.as_ref(), &config))
         .await
-        .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))
+        .unwrap_or_else(|e| {
+            // A bug while loading must reject this (re)load, not take the serving daemon down.
+            Err(StartError::Panicked(panic_message(e)))
+        })
 }
 
 fn load_blocking(

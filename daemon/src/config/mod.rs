@@ -392,6 +392,15 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     key
 }
 
+/// The largest `session_cache_size`: a million sessions is hundreds of MiB already.
+pub const MAX_SESSION_CACHE: usize = 1_000_000;
+/// The largest `max_connections` or `max_handshakes`: far beyond any descriptor limit.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+/// The largest `crypto.max_in_flight`.
+pub const MAX_IN_FLIGHT: usize = 65_536;
+/// The largest `crypto.pkcs11.pool_size`.
+pub const MAX_POOL_SIZE: usize = 1024;
+
 /// The largest `early_data` a listener may accept (bytes).
 pub const MAX_EARLY_DATA: u32 = 64 * 1024;
 
@@ -435,7 +444,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     n.checked_mul(secs)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is too long; at most {}",
+                format_duration(MAX_DURATION)
+            )
+        })
+}
+
+/// The longest duration any setting takes: a century. Longer ones are typos, and would
+/// overflow the clock arithmetic of timers and certificate lifetimes.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// Checks that a count from the file is between 1 and `max`: every count sizes a table, a
+/// semaphore or a pool, so a huge one must be refused here rather than fail to allocate.
+fn count_up_to(n: &i64, max: usize) -> Result<usize, String> {
+    usize::try_from(*n)
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("must be a whole number from 1 to {max}"))
 }
 
 /// Walks the raw config, collecting every problem instead of stopping at the first.
@@ -576,10 +604,7 @@ impl Validator<'_> {
         }
         if let Some(n) = &raw.session_cache_size {
             match self.check(n, "resumption.session_cache_size", |n| {
-                usize::try_from(*n)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or("must be a positive integer")
+                count_up_to(n, MAX_SESSION_CACHE)
             }) {
                 Some(n) => out.session_cache_size = n,
                 None => ok = false,
@@ -701,12 +726,8 @@ impl Validator<'_> {
     fn crypto(&mut self, raw: &raw::RawCrypto) -> Option<CryptoConfig> {
         let mut out = CryptoConfig::default();
         if let Some(n) = &raw.max_in_flight {
-            out.max_in_flight = self.check(n, "crypto.max_in_flight", |n| {
-                usize::try_from(*n)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or("must be a positive integer")
-            })?;
+            out.max_in_flight =
+                self.check(n, "crypto.max_in_flight", |n| count_up_to(n, MAX_IN_FLIGHT))?;
         }
         if let Some(d) = &raw.simulate_latency {
             out.simulate_latency =
@@ -796,10 +817,7 @@ impl Validator<'_> {
         let pool_size = match &p.pool_size {
             None => Some(4),
             Some(n) => self.check(n, "crypto.pkcs11.pool_size", |n| {
-                usize::try_from(*n)
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or("must be between 1 and 1024")
+                count_up_to(n, MAX_POOL_SIZE)
             }),
         };
         Some(Pkcs11Settings {
@@ -847,10 +865,7 @@ impl Validator<'_> {
         let count = |v: &mut Self, field: &Option<S<i64>>, name: &str, dst: &mut usize| {
             if let Some(n) = field {
                 match v.check(n, &format!("{key}.{name}"), |n| {
-                    usize::try_from(*n)
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or("must be a positive integer")
+                    count_up_to(n, MAX_CONNECTIONS)
                 }) {
                     Some(n) => *dst = n,
                     None => return false,

@@ -266,3 +266,75 @@ fn identity_comes_from_files_or_from_the_built_in_ca_never_both() {
         "{mixed}"
     );
 }
+
+#[test]
+fn counts_and_durations_beyond_any_sane_size_are_refused_before_anything_allocates() {
+    let body = r#"
+[resumption]
+session_cache_size = 9223372036854775807
+
+[crypto]
+max_in_flight = 1000000000
+
+[limits]
+max_connections = 0
+max_handshakes = 100000000000
+idle_timeout = "99999999d"
+
+[[outbound]]
+name = "out"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5:15443"
+server_id = "spiffe://example.org/web"
+"#;
+    let got = problems(body);
+    let expect = [
+        (
+            "session_cache_size",
+            "resumption.session_cache_size: must be a whole number from 1 to 1000000",
+        ),
+        (
+            "max_in_flight",
+            "crypto.max_in_flight: must be a whole number from 1 to 65536",
+        ),
+        (
+            "max_connections",
+            "limits.max_connections: must be a whole number from 1 to 10000000",
+        ),
+        (
+            "max_handshakes",
+            "limits.max_handshakes: must be a whole number from 1 to 10000000",
+        ),
+        (
+            "idle_timeout",
+            "limits.idle_timeout: \"99999999d\" is too long; at most 36500d",
+        ),
+    ];
+    for (needle, message) in expect {
+        let line = line_of(body, needle);
+        assert!(
+            got.iter()
+                .any(|p| p.contains(&format!(":{line}:")) && p.ends_with(message)),
+            "no problem `{message}` on line {line} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+}
+
+#[test]
+fn a_session_cache_of_the_largest_allowed_size_is_accepted() {
+    let c = parse(
+        r#"
+[resumption]
+session_cache_size = 1000000
+
+[[outbound]]
+name = "out"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5:15443"
+server_id = "spiffe://example.org/web"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.resumption.session_cache_size, MAX_SESSION_CACHE);
+}

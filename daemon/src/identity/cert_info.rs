@@ -43,12 +43,7 @@ impl CertInfo {
             subject: x509.subject().to_string(),
             issuer: x509.issuer().to_string(),
             spiffe_id: spiffe_id_of(cert).ok().map(|id| id.to_string()),
-            serial: x509
-                .tbs_certificate
-                .raw_serial()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            serial: hex::encode(x509.tbs_certificate.raw_serial()),
             not_before: rfc3339(validity.not_before.timestamp()),
             not_after: rfc3339(not_after),
             expires: SystemTime::UNIX_EPOCH

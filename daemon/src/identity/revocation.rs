@@ -89,7 +89,7 @@ impl Revocations {
             if self.revoked.contains(&key) {
                 return Err(Revoked {
                     subject: x509.subject().to_string(),
-                    serial: key.1.iter().map(|b| format!("{b:02x}")).collect(),
+                    serial: hex::encode(&key.1),
                 });
             }
         }

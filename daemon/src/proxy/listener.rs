@@ -6,11 +6,11 @@ use std::sync::{Arc, RwLock};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
 
 use super::inbound::Inbound;
 use super::outbound::Outbound;
-use super::{ACCEPT_ERROR_BACKOFF, Drain, Outcome, Refusal, RefuseReason, log_outcome};
+use super::{Drain, Outcome, Refusal, RefuseReason, log_outcome};
+use crate::accept::AcceptErrors;
 use crate::config::Limits;
 use crate::identity::Revocations;
 use crate::metrics::{Direction, ListenerMetrics};
@@ -123,6 +123,63 @@ impl Route {
     }
 }
 
+/// One connection's accounting: the active gauge and the line that ends it, even on a panic.
+///
+/// A panic in a connection task unwinds through this guard: the gauge is
+/// decremented, the connection is counted and logged as `internal_error`, and the
+/// task ends alone (tokio catches the panic), so the daemon keeps serving.
+pub struct OpenConnection<'a> {
+    listener: &'a str,
+    metrics: &'a ListenerMetrics,
+    src: SocketAddr,
+    closed: bool,
+}
+
+impl<'a> OpenConnection<'a> {
+    /// Counts a connection from `src` as open on `listener`.
+    pub fn new(listener: &'a str, metrics: &'a ListenerMetrics, src: SocketAddr) -> Self {
+        metrics.active.inc();
+        Self {
+            listener,
+            metrics,
+            src,
+            closed: false,
+        }
+    }
+
+    /// Counts and logs how the connection ended (no longer active by the time the line is out).
+    pub fn close(mut self, outcome: &Outcome) {
+        self.closed = true;
+        let metrics = self.metrics;
+        metrics.active.dec();
+        match outcome {
+            Ok(_) => metrics.forwarded(),
+            Err(refusal) => metrics.refused(refusal.reason),
+        }
+        log_outcome(outcome, self.listener, self.src);
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let metrics = self.metrics;
+        metrics.active.dec();
+        // Unwinding: the task panicked. (A task dropped at runtime shutdown is not a
+        // panic and gets no line.)
+        if std::thread::panicking() {
+            let refusal = Refusal::new(
+                RefuseReason::Internal,
+                "the connection's task panicked; see the panic message above",
+            );
+            metrics.refused(refusal.reason);
+            refusal.log(self.listener, self.src);
+        }
+    }
+}
+
 /// A listening socket's accept loop and the route its new connections take.
 #[derive(Debug)]
 pub struct Listener {
@@ -161,6 +218,7 @@ impl Listener {
     /// by then), before the closing log line, so a client that reacts to that
     /// line finds the slot free.
     pub async fn serve(self: Arc<Self>, socket: TcpListener, drain: Drain) -> TcpListener {
+        let mut errors = AcceptErrors::default();
         loop {
             let accepted = tokio::select! {
                 () = self.stop.cancelled() => break,
@@ -170,9 +228,7 @@ impl Listener {
             let (stream, src) = match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    // Out of file descriptors or buffers: back off instead of spinning.
-                    error!(listener = %route.name(), error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    errors.failed(route.name(), &e).await;
                     continue;
                 }
             };
@@ -187,18 +243,51 @@ impl Listener {
             };
             let hard_stop = drain.hard_stop.clone();
             drain.tracker.spawn(async move {
-                let metrics = route.metrics();
-                metrics.active.inc();
+                let open = OpenConnection::new(route.name(), route.metrics(), src);
                 let outcome = route.handle(stream, src, &hard_stop).await;
                 drop(permit);
-                metrics.active.dec();
-                match &outcome {
-                    Ok(_) => metrics.forwarded(),
-                    Err(refusal) => metrics.refused(refusal.reason),
-                }
-                log_outcome(&outcome, route.name(), src);
+                open.close(&outcome);
             });
         }
         socket
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_is_counted_logged_and_leaves_no_active_connection() {
+        let registry = Metrics::new();
+        let metrics = registry.listener("web", Direction::Inbound);
+        let task = tokio::spawn({
+            let metrics = metrics.clone();
+            async move {
+                let _open = OpenConnection::new("web", &metrics, "127.0.0.1:1".parse().unwrap());
+                assert_eq!(metrics.active.get(), 1);
+                panic!("a bug in a connection handler");
+            }
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(metrics.active.get(), 0);
+        let text = registry.encode();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("reason=\"internal_error\"") && l.ends_with(" 1")),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_no_longer_active_and_counted_once() {
+        let registry = Metrics::new();
+        let metrics = registry.listener("web", Direction::Inbound);
+        let open = OpenConnection::new("web", &metrics, "127.0.0.1:1".parse().unwrap());
+        open.close(&Err(Refusal::new(RefuseReason::Denied, "test")));
+        assert_eq!(metrics.active.get(), 0);
+        let text = registry.encode();
+        assert!(!text.contains("internal_error"), "{text}");
     }
 }

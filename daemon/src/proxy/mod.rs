@@ -23,8 +23,6 @@ use crate::metrics::HandshakeKind;
 /// The tracing target of the per-connection access log lines, so they can be filtered or routed alone.
 pub const ACCESS_LOG: &str = "mtlsd::access";
 
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Why a connection was refused; the `as_str` form is the `reason` field of logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,6 +65,8 @@ pub enum RefuseReason {
     KeyUnavailable,
     /// Our key's device stayed saturated (`max_in_flight`) past the wait.
     DeviceBusy,
+    /// A bug in mtlsd: the connection's task panicked. Other connections are unaffected.
+    Internal,
 }
 
 impl RefuseReason {
@@ -92,6 +92,7 @@ impl RefuseReason {
             Self::Revoked => "revoked",
             Self::KeyUnavailable => "key_unavailable",
             Self::DeviceBusy => "device_busy",
+            Self::Internal => "internal_error",
         }
     }
 
@@ -99,7 +100,11 @@ impl RefuseReason {
     pub fn is_handshake_failure(self) -> bool {
         !matches!(
             self,
-            Self::TooManyConnections | Self::NotAllowed | Self::Denied | Self::UpstreamUnavailable
+            Self::TooManyConnections
+                | Self::NotAllowed
+                | Self::Denied
+                | Self::UpstreamUnavailable
+                | Self::Internal
         )
     }
 

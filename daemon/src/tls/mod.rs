@@ -9,11 +9,11 @@
 
 pub mod tickets;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{NoServerSessionStorage, StoresServerSessions};
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, ServerConfig};
 
@@ -66,6 +66,51 @@ impl std::fmt::Debug for ServerResumption {
                 .field("early_data", early_data)
                 .finish_non_exhaustive(),
         }
+    }
+}
+
+/// A single-use session cache that allocates its table on the first session stored.
+///
+/// rustls sizes its table up front; a listener that never sees a resumption, or a
+/// large `session_cache_size`, should not pay that memory at start or on reload.
+#[derive(Debug)]
+pub struct LazySessionCache {
+    size: usize,
+    cache: OnceLock<Arc<ServerSessionMemoryCache>>,
+}
+
+impl LazySessionCache {
+    /// A cache for at most `size` sessions, not allocated yet.
+    pub fn new(size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            size,
+            cache: OnceLock::new(),
+        })
+    }
+
+    /// The number of sessions it was sized for.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl StoresServerSessions for LazySessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.cache
+            .get_or_init(|| ServerSessionMemoryCache::new(self.size))
+            .put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache.get()?.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache.get()?.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
     }
 }
 

@@ -10,12 +10,14 @@
 //! Key file format (`resumption.ticket_key_file`): one key per line, 64 hex
 //! digits (32 random bytes); `#` starts a comment. The first key encrypts new
 //! tickets, every listed key decrypts. Rotate by prepending a new key and
-//! dropping the oldest (`mtlsd ticket-keys rotate` does exactly that), on every
-//! instance; each instance notices the change within a second, or on SIGHUP.
+//! dropping the oldest ([`rotate_key_file`], behind `mtlsd ticket-keys rotate`),
+//! on every instance. The file is parsed as bytes, never as text, and only off the
+//! handshake path: a watcher task re-reads it when it changes (within a second)
+//! and on SIGHUP; handshakes only ever see keys already loaded.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -29,12 +31,39 @@ use zeroize::Zeroizing;
 
 /// Bytes of a key as written in the key file.
 pub const KEY_LEN: usize = 32;
+/// Most keys a key file may list: rotation keeps two or three, so more is a broken file.
+pub const MAX_KEYS: usize = 64;
 const NAME_LEN: usize = 16;
 const TAG_LEN: usize = 16;
-/// How often the key file's metadata is looked at from the handshake path.
+/// How often the watcher looks at the key file's metadata.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Keys kept when they are generated in memory: the current one and the previous one.
 const GENERATED_KEYS: usize = 2;
+const FILE_HEADER: &str = "# mtlsd session ticket keys: the first encrypts, all decrypt\n";
+
+/// What is wrong with the contents of a ticket key file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// A line is not exactly 64 hex digits.
+    #[error("line {line}: a ticket key is {} hex digits (32 random bytes)", KEY_LEN * 2)]
+    BadKey {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A key is all zeroes: not a random key.
+    #[error("line {line}: an all-zero ticket key is not a random key")]
+    ZeroKey {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// The file lists more keys than any rotation keeps.
+    #[error("more than {MAX_KEYS} ticket keys; rotation keeps a few, drop the oldest")]
+    TooMany,
+    /// The file lists no key.
+    #[error("no ticket key in the file")]
+    Empty,
+}
 
 /// Why ticket keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -43,17 +72,24 @@ pub enum TicketKeyError {
     /// The key file could not be read, or has loose permissions.
     #[error(transparent)]
     File(#[from] mtlsd_crypto::Error),
-    /// A line is not 64 hex digits.
-    #[error("{path}:{line}: a ticket key is {} hex digits (32 random bytes)", KEY_LEN * 2)]
-    BadKey {
+    /// The key file was read but its contents are unusable.
+    #[error("{}: {source}", path.display())]
+    Invalid {
         /// The key file.
         path: PathBuf,
-        /// 1-based line number.
-        line: usize,
+        /// What is wrong with it.
+        #[source]
+        source: KeyFileError,
     },
-    /// The file lists no key.
-    #[error("{0}: no ticket key in the file")]
-    Empty(PathBuf),
+    /// The rotated key file could not be written.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The key file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where ticket keys come from.
@@ -99,14 +135,15 @@ impl DerivedKey {
     }
 }
 
+/// The key file's (modified, length) when it was read, to notice changes.
+type Stamp = Option<(SystemTime, u64)>;
+
 struct State {
     /// Newest first; the first encrypts.
     keys: Vec<DerivedKey>,
     /// When the generated keys last rotated.
     rotated_at: Instant,
-    /// The key file's (modified, length) when it was read, to notice changes.
-    file_stamp: Option<(SystemTime, u64)>,
-    checked_at: Instant,
+    file_stamp: Stamp,
 }
 
 /// Encrypts and decrypts session tickets for one trust configuration.
@@ -151,14 +188,9 @@ impl Ticketer {
             KeySource::Generated { .. } => (vec![generate(&rng, &context)], None),
             KeySource::File(path) => {
                 let (secrets, stamp) = read_key_file(path)?;
-                let keys = secrets
-                    .iter()
-                    .map(|s| DerivedKey::derive(s.as_ref(), &context))
-                    .collect();
-                (keys, stamp)
+                (derive_all(&secrets, &context), stamp)
             }
         };
-        let now = Instant::now();
         Ok(Self {
             source,
             context,
@@ -166,9 +198,8 @@ impl Ticketer {
             rng,
             state: Mutex::new(State {
                 keys,
-                rotated_at: now,
+                rotated_at: Instant::now(),
                 file_stamp,
-                checked_at: now,
             }),
         })
     }
@@ -186,8 +217,34 @@ impl Ticketer {
 
     /// Re-reads the key file (SIGHUP); a broken file keeps the old keys and is logged.
     pub fn reload(&self) {
-        let mut state = self.lock();
-        self.reread(&mut state, true);
+        self.reread(true);
+    }
+
+    /// Re-reads a shared key file whenever it changes, until the ticketer is dropped.
+    ///
+    /// Handshakes never touch the file: they use the keys this task loaded last.
+    /// Generated keys need no watcher.
+    pub fn watch(self: &Arc<Self>) {
+        if !matches!(self.source, KeySource::File(_)) {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(ticketer) = weak.upgrade() else {
+                    return;
+                };
+                // A stat and a small read; on the blocking pool so a slow disk stalls no handshake.
+                let reread = tokio::task::spawn_blocking(move || ticketer.reread(false));
+                if let Err(e) = reread.await {
+                    error!(error = %e, "session ticket key watcher failed; keys stay as they are");
+                    return;
+                }
+            }
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -200,45 +257,30 @@ impl Ticketer {
         state.rotated_at = Instant::now();
     }
 
-    /// Brings the keys up to date: rotates generated keys, notices a changed key file.
-    fn refresh(&self, state: &mut State) {
-        match &self.source {
-            KeySource::Generated { rotation } => {
-                if state.rotated_at.elapsed() >= *rotation {
-                    self.rotate_locked(state);
-                }
-            }
-            KeySource::File(_) => {
-                if state.checked_at.elapsed() >= FILE_CHECK_INTERVAL {
-                    self.reread(state, false);
-                }
-            }
-        }
-    }
-
-    fn reread(&self, state: &mut State, forced: bool) {
+    /// Reads and derives outside the lock, then swaps the keys in: handshakes never wait on I/O.
+    fn reread(&self, forced: bool) {
         let KeySource::File(path) = &self.source else {
             return;
         };
-        state.checked_at = Instant::now();
-        if !forced && stamp(path).is_some() && stamp(path) == state.file_stamp {
+        let current = stamp(path);
+        if !forced && current.is_some() && current == self.lock().file_stamp {
             return;
         }
         match read_key_file(path) {
             Ok((secrets, file_stamp)) => {
+                let keys = derive_all(&secrets, &self.context);
+                let count = keys.len();
+                let mut state = self.lock();
                 let changed = file_stamp != state.file_stamp;
-                state.keys = secrets
-                    .iter()
-                    .map(|s| DerivedKey::derive(s.as_ref(), &self.context))
-                    .collect();
+                state.keys = keys;
                 state.file_stamp = file_stamp;
                 if changed {
-                    info!(file = %path.display(), keys = state.keys.len(), "session ticket keys reloaded");
+                    info!(file = %path.display(), keys = count, "session ticket keys reloaded");
                 }
             }
             Err(e) => {
-                // Remember the broken file so the error is logged once, not on every handshake.
-                state.file_stamp = stamp(path);
+                // Remember the broken file so the error is logged once, not every second.
+                self.lock().file_stamp = current;
                 error!(error = %e, "session ticket key file unusable; keeping the previous keys");
             }
         }
@@ -256,7 +298,11 @@ impl ProducesTickets for Ticketer {
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let mut state = self.lock();
-        self.refresh(&mut state);
+        if let KeySource::Generated { rotation } = &self.source
+            && state.rotated_at.elapsed() >= *rotation
+        {
+            self.rotate_locked(&mut state);
+        }
         let key = state.keys.first()?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
@@ -281,8 +327,7 @@ impl ProducesTickets for Ticketer {
         }
         let (name, rest) = cipher.split_at(NAME_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let mut state = self.lock();
-        self.refresh(&mut state);
+        let state = self.lock();
         let key = state.keys.iter().find(|k| k.name == name)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = sealed.to_vec();
@@ -294,6 +339,21 @@ impl ProducesTickets for Ticketer {
     }
 }
 
+fn derive_all(secrets: &[Zeroizing<[u8; KEY_LEN]>], context: &[u8; 32]) -> Vec<DerivedKey> {
+    secrets
+        .iter()
+        .map(|s| DerivedKey::derive(s.as_ref(), context))
+        .collect()
+}
+
+fn random_secret() -> Zeroizing<[u8; KEY_LEN]> {
+    let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+    SystemRandom::new()
+        .fill(secret.as_mut_slice())
+        .expect("the system RNG is available");
+    secret
+}
+
 fn generate(rng: &SystemRandom, context: &[u8; 32]) -> DerivedKey {
     let mut secret = Zeroizing::new([0u8; KEY_LEN]);
     rng.fill(secret.as_mut_slice())
@@ -301,53 +361,89 @@ fn generate(rng: &SystemRandom, context: &[u8; 32]) -> DerivedKey {
     DerivedKey::derive(secret.as_slice(), context)
 }
 
-/// A fresh random key in the key file's format (one line, 64 hex digits).
-pub fn new_key_line() -> Zeroizing<String> {
-    let mut secret = Zeroizing::new([0u8; KEY_LEN]);
-    SystemRandom::new()
-        .fill(secret.as_mut_slice())
-        .expect("the system RNG is available");
-    let mut line = Zeroizing::new(String::with_capacity(KEY_LEN * 2));
-    for b in secret.iter() {
-        line.push_str(&format!("{b:02x}"));
-    }
-    line
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
-type Secrets = Vec<Zeroizing<[u8; KEY_LEN]>>;
+/// Ticket key secrets, newest first.
+pub type Secrets = Vec<Zeroizing<[u8; KEY_LEN]>>;
 
-fn read_key_file(path: &Path) -> Result<(Secrets, Option<(SystemTime, u64)>), TicketKeyError> {
-    let file_stamp = stamp(path);
-    let bytes = mtlsd_crypto::read_secret_file(path)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let mut secrets = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
+/// Parses a key file's bytes: one key of 64 hex digits per line, `#` comments, blank lines.
+///
+/// Works on bytes so that no input (invalid UTF-8, a multi-byte character, a sign)
+/// can make it panic or read a key that is not 64 hex digits.
+pub fn parse_key_file(bytes: &[u8]) -> Result<Secrets, KeyFileError> {
+    let mut secrets = Secrets::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.split(|&b| b == b'#').next().unwrap_or_default();
+        let line = line.trim_ascii();
         if line.is_empty() {
             continue;
         }
-        let bad = || TicketKeyError::BadKey {
-            path: path.to_owned(),
-            line: i + 1,
-        };
-        if line.len() != KEY_LEN * 2 {
-            return Err(bad());
+        if secrets.len() == MAX_KEYS {
+            return Err(KeyFileError::TooMany);
         }
         let mut secret = Zeroizing::new([0u8; KEY_LEN]);
-        for (j, out) in secret.iter_mut().enumerate() {
-            *out = u8::from_str_radix(&line[2 * j..2 * j + 2], 16).map_err(|_| bad())?;
+        hex::decode_to_slice(line, secret.as_mut_slice())
+            .map_err(|_| KeyFileError::BadKey { line: i + 1 })?;
+        if secret.iter().all(|&b| b == 0) {
+            return Err(KeyFileError::ZeroKey { line: i + 1 });
         }
         secrets.push(secret);
     }
     if secrets.is_empty() {
-        return Err(TicketKeyError::Empty(path.to_owned()));
+        return Err(KeyFileError::Empty);
     }
+    Ok(secrets)
+}
+
+/// Reads and parses a key file, refusing loose permissions; returns the keys, newest first.
+pub fn load_key_file(path: &Path) -> Result<Secrets, TicketKeyError> {
+    read_key_file(path).map(|(secrets, _)| secrets)
+}
+
+fn read_key_file(path: &Path) -> Result<(Secrets, Stamp), TicketKeyError> {
+    let file_stamp = stamp(path);
+    let bytes = mtlsd_crypto::read_secret_file(path)?;
+    let secrets = parse_key_file(&bytes).map_err(|source| TicketKeyError::Invalid {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok((secrets, file_stamp))
+}
+
+/// Puts a fresh random key first and keeps the newest `keep` keys in all (creating the file
+/// when it does not exist); returns how many keys the file now lists.
+///
+/// A file that does not parse is refused, not rewritten: rotating would spread its
+/// broken line to every instance.
+pub fn rotate_key_file(path: &Path, keep: usize) -> Result<usize, TicketKeyError> {
+    let old = match load_key_file(path) {
+        Ok(secrets) => secrets,
+        Err(TicketKeyError::File(mtlsd_crypto::Error::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Secrets::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let keys: Secrets = std::iter::once(random_secret())
+        .chain(old)
+        .take(keep.clamp(1, MAX_KEYS))
+        .collect();
+    let mut out = Zeroizing::new(String::from(FILE_HEADER));
+    for key in &keys {
+        out.push_str(&Zeroizing::new(hex::encode(key.as_slice())));
+        out.push('\n');
+    }
+    crate::files::write_atomic(path, out.as_bytes(), 0o600).map_err(|source| {
+        TicketKeyError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(keys.len())
 }
 
 #[cfg(test)]
@@ -357,6 +453,10 @@ mod tests {
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    fn new_key_line() -> String {
+        hex::encode(random_secret().as_slice())
+    }
 
     fn generated() -> Ticketer {
         Ticketer::new(KeySource::Generated { rotation: HOUR }, [7; 32], HOUR).unwrap()
@@ -453,14 +553,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "{}:2: a ticket key is 64 hex digits (32 random bytes)",
+                "{}: line 2: a ticket key is 64 hex digits (32 random bytes)",
                 path.display()
             )
         );
         let path = key_file(dir.path(), &["# nothing"]);
         assert!(matches!(
             Ticketer::new(KeySource::File(path), [0; 32], HOUR),
-            Err(TicketKeyError::Empty(_))
+            Err(TicketKeyError::Invalid {
+                source: KeyFileError::Empty,
+                ..
+            })
         ));
         let path = key_file(dir.path(), &[&new_key_line()]);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -470,5 +573,142 @@ mod tests {
                 mtlsd_crypto::Error::LoosePermissions { .. }
             ))
         ));
+    }
+
+    /// 61 hex digits, then `middle`, then one more digit: 64 bytes when `middle` is 2 bytes.
+    fn straddling(middle: &[u8]) -> Vec<u8> {
+        let mut line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc".to_vec();
+        line.extend_from_slice(middle);
+        line.push(b'd');
+        line
+    }
+
+    #[test]
+    fn hostile_key_lines_are_refused_without_panicking() {
+        let two_byte_char = "é".as_bytes();
+        assert_eq!(straddling(two_byte_char).len(), 64);
+        for (bytes, why) in [
+            (
+                straddling(two_byte_char),
+                "a multi-byte character across a digit pair",
+            ),
+            (straddling(&[0xff, b'0']), "a byte that is not UTF-8"),
+            (
+                "+0".repeat(32).into_bytes(),
+                "signs accepted by from_str_radix",
+            ),
+            ("-0".repeat(32).into_bytes(), "a minus sign"),
+            (" 0".repeat(32).into_bytes(), "inner spaces"),
+            (vec![0u8; 64], "NUL bytes"),
+            ("0".repeat(66).into_bytes(), "too long"),
+        ] {
+            assert_eq!(
+                parse_key_file(&bytes).map(|k| k.len()),
+                Err(KeyFileError::BadKey { line: 1 }),
+                "{why}"
+            );
+        }
+        let mut second_line = new_key_line().into_bytes();
+        second_line.push(b'\n');
+        second_line.extend(straddling(two_byte_char));
+        assert_eq!(
+            parse_key_file(&second_line).map(|k| k.len()),
+            Err(KeyFileError::BadKey { line: 2 })
+        );
+    }
+
+    #[test]
+    fn an_all_zero_key_and_too_many_keys_are_refused() {
+        assert_eq!(
+            parse_key_file("0".repeat(64).as_bytes()).map(|k| k.len()),
+            Err(KeyFileError::ZeroKey { line: 1 })
+        );
+        let lines = |n: usize| (0..n).map(|_| new_key_line() + "\n").collect::<String>();
+        assert_eq!(
+            parse_key_file(lines(MAX_KEYS).as_bytes()).unwrap().len(),
+            MAX_KEYS
+        );
+        assert_eq!(
+            parse_key_file(lines(MAX_KEYS + 1).as_bytes()).map(|k| k.len()),
+            Err(KeyFileError::TooMany)
+        );
+    }
+
+    #[test]
+    fn keys_parse_with_comments_crlf_and_either_case() {
+        let key = new_key_line();
+        let text = format!("# keys\r\n{}  # newest\r\n\r\n{key}\n", key.to_uppercase());
+        let secrets = parse_key_file(text.as_bytes()).unwrap();
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(secrets[0].as_slice(), secrets[1].as_slice());
+        assert_eq!(hex::encode(secrets[1].as_slice()), key);
+    }
+
+    #[test]
+    fn a_hostile_file_on_reload_keeps_serving_the_previous_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(dir.path(), &[&new_key_line()]);
+        let t = Ticketer::new(KeySource::File(path.clone()), [3; 32], HOUR).unwrap();
+        let ticket = t.encrypt(b"s").unwrap();
+        std::fs::write(&path, straddling("é".as_bytes())).unwrap();
+        t.reload();
+        assert_eq!(t.decrypt(&ticket).unwrap(), b"s");
+        assert!(t.encrypt(b"t").is_some());
+    }
+
+    #[test]
+    fn rotation_puts_a_new_key_first_keeps_the_newest_and_refuses_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ticket.keys");
+        assert_eq!(rotate_key_file(&path, 3).unwrap(), 1, "created");
+        let first = load_key_file(&path).unwrap();
+        assert_eq!(rotate_key_file(&path, 3).unwrap(), 2);
+        assert_eq!(rotate_key_file(&path, 3).unwrap(), 3);
+        assert_eq!(rotate_key_file(&path, 3).unwrap(), 3);
+        let now = load_key_file(&path).unwrap();
+        assert_ne!(now[0].as_slice(), now[1].as_slice());
+        assert!(
+            now.iter().all(|k| k.as_slice() != first[0].as_slice()),
+            "the oldest is dropped"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let mut corrupt = std::fs::read(&path).unwrap();
+        corrupt.extend(straddling("é".as_bytes()));
+        std::fs::write(&path, &corrupt).unwrap();
+        let err = rotate_key_file(&path, 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TicketKeyError::Invalid {
+                    source: KeyFileError::BadKey { line: 5 },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            corrupt,
+            "a refused rotation writes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_watcher_picks_up_a_rewritten_file_off_the_handshake_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(dir.path(), &[&new_key_line()]);
+        let t = Arc::new(Ticketer::new(KeySource::File(path.clone()), [3; 32], HOUR).unwrap());
+        let old = t.encrypt(b"s").unwrap();
+        t.watch();
+        // A different length, so the stamp differs even within one mtime tick.
+        key_file(dir.path(), &["# replaced", &new_key_line()]);
+        let mut waited = 0;
+        while t.decrypt(&old).is_some() {
+            assert!(waited < 100, "the watcher never reloaded the file");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
     }
 }
