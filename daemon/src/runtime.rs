@@ -18,7 +18,6 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -276,20 +275,12 @@ impl ListenerConfig {
         }
     }
 
-    fn max_connections(&self) -> usize {
-        match self {
-            Self::Inbound(c) => c.limits.max_connections,
-            Self::Outbound(c) => c.limits.max_connections,
-        }
-    }
-
-    /// Builds the route; `slots` carries connection slots over from the route it replaces.
+    /// Builds the route.
     fn route(
         self,
         tls: &TlsIdentity,
         resumption: &ServerResumption,
         metrics: &Metrics,
-        slots: Option<Arc<Semaphore>>,
     ) -> Result<Route, StartError> {
         let name = self.name().to_owned();
         let listener_metrics = metrics.listener(&name, self.direction());
@@ -300,17 +291,11 @@ impl ListenerConfig {
         Ok(match self {
             Self::Inbound(c) => {
                 let route = Inbound::new(c, tls, resumption, listener_metrics).map_err(tls_err)?;
-                Route::Inbound(Arc::new(match slots {
-                    Some(s) => route.with_connection_slots(s),
-                    None => route,
-                }))
+                Route::Inbound(Arc::new(route))
             }
             Self::Outbound(c) => {
                 let route = Outbound::new(c, tls, listener_metrics).map_err(tls_err)?;
-                Route::Outbound(Arc::new(match slots {
-                    Some(s) => route.with_connection_slots(s),
-                    None => route,
-                }))
+                Route::Outbound(Arc::new(route))
             }
         })
     }
@@ -325,7 +310,6 @@ struct Running {
     configured: SocketAddr,
     /// The address actually bound.
     addr: SocketAddr,
-    max_connections: usize,
     listener: Arc<Listener>,
     /// Returns the socket when the loop stops, so a reload can hand it to a successor.
     accept_loop: JoinHandle<TcpListener>,
@@ -597,20 +581,12 @@ impl Daemon {
 
         let resumption = self.resumption.prepare(&config, &tls, &wanted)?;
         let mut routes = Vec::with_capacity(wanted.len());
-        for (w, p) in wanted.into_iter().zip(&plan) {
-            // Unchanged limits keep the running listener's connection slots, so
-            // max_connections also counts connections accepted before the reload.
-            let slots = match p {
-                SocketPlan::Keep(i) if self.running[*i].max_connections == w.max_connections() => {
-                    Some(self.running[*i].listener.route().connection_slots())
-                }
-                _ => None,
-            };
+        for w in wanted {
             let server = resumption
                 .get(w.name())
                 .cloned()
                 .unwrap_or(ServerResumption::Off);
-            routes.push(w.route(&tls, &server, &self.metrics, slots)?);
+            routes.push(w.route(&tls, &server, &self.metrics)?);
         }
 
         // Commit: nothing below can fail the reload.
@@ -732,7 +708,6 @@ impl Daemon {
         let name = route.name().to_owned();
         let direction = route.direction();
         let configured = route.listen();
-        let max_connections = route.max_connections();
         let listener = Listener::new(route, &self.drain);
         let accept_loop = tokio::spawn(listener.clone().serve(socket, self.drain.clone()));
         Running {
@@ -740,7 +715,6 @@ impl Daemon {
             direction,
             configured,
             addr,
-            max_connections,
             listener,
             accept_loop,
         }

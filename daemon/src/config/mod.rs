@@ -231,6 +231,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Handshakes in progress at once; further ones wait within their timeout.
     pub max_handshakes: usize,
+    /// Connections from one IP address still before or in their handshake; more are closed on accept.
+    pub max_handshakes_per_source: usize,
+    /// Time a new connection has to deliver its complete ClientHello (no handshake slot is held meanwhile).
+    #[serde(serialize_with = "as_duration")]
+    pub client_hello_timeout: Duration,
     /// Time from accept to an authorized peer, waiting included.
     #[serde(serialize_with = "as_duration")]
     pub handshake_timeout: Duration,
@@ -247,6 +252,8 @@ impl Default for Limits {
         Self {
             max_connections: 10_000,
             max_handshakes: 512,
+            max_handshakes_per_source: 64,
+            client_hello_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),
@@ -402,7 +409,12 @@ pub const MAX_IN_FLIGHT: usize = 65_536;
 pub const MAX_POOL_SIZE: usize = 1024;
 
 /// The largest `early_data` a listener may accept (bytes).
-pub const MAX_EARLY_DATA: u32 = 64 * 1024;
+///
+/// When rustls *rejects* early data (a replayed or unknown session) it keeps the
+/// undecryptable records in its receive buffer, which holds one record of about
+/// 18 KiB, until the client's next good record. More than 16 KiB of rejected early
+/// data cannot fall back to a full handshake, so no listener advertises more.
+pub const MAX_EARLY_DATA: u32 = 16 * 1024;
 
 /// Writes a duration the way the config file does (`10s`, `500ms`).
 pub fn format_duration(d: Duration) -> String {
@@ -885,6 +897,12 @@ impl Validator<'_> {
             "max_handshakes",
             &mut out.max_handshakes,
         );
+        ok &= count(
+            self,
+            &raw.max_handshakes_per_source,
+            "max_handshakes_per_source",
+            &mut out.max_handshakes_per_source,
+        );
         let duration = |v: &mut Self, field: &Option<S<String>>, name: &str, dst: &mut Duration| {
             if let Some(d) = field {
                 match v.check(d, &format!("{key}.{name}"), |s| {
@@ -907,6 +925,12 @@ impl Validator<'_> {
             &raw.handshake_timeout,
             "handshake_timeout",
             &mut out.handshake_timeout,
+        );
+        ok &= duration(
+            self,
+            &raw.client_hello_timeout,
+            "client_hello_timeout",
+            &mut out.client_hello_timeout,
         );
         ok &= duration(
             self,

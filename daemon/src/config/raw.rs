@@ -74,6 +74,8 @@ pub(super) struct RawOpenssl {
 pub(super) struct RawLimits {
     pub max_connections: Option<S<i64>>,
     pub max_handshakes: Option<S<i64>>,
+    pub max_handshakes_per_source: Option<S<i64>>,
+    pub client_hello_timeout: Option<S<String>>,
     pub handshake_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,

@@ -18,10 +18,9 @@
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -71,9 +70,11 @@ fn tls_error(e: rustls::Error) -> io::Error {
 }
 
 impl EarlyTlsStream {
-    /// Handshakes until it completes, or until a resuming client's early data is here.
-    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let conn = ServerConnection::new(config).map_err(tls_error)?;
+    /// Handshakes `conn` (made from the ClientHello already read) until it completes, or
+    /// until a resuming client's early data is here.
+    pub async fn accept(io: TcpStream, mut conn: ServerConnection) -> io::Result<Self> {
+        // Records that arrived with the ClientHello (early data) are already buffered.
+        conn.process_new_packets().map_err(tls_error)?;
         let mut s = Self {
             io,
             conn,
@@ -102,6 +103,11 @@ impl EarlyTlsStream {
     /// The rustls connection (peer certificates, handshake kind, protocol version).
     pub fn connection(&self) -> &ServerConnection {
         &self.conn
+    }
+
+    /// The rustls connection, to queue records on it.
+    pub fn connection_mut(&mut self) -> &mut ServerConnection {
+        &mut self.conn
     }
 
     /// The early data received so far, removed from the stream.

@@ -105,6 +105,74 @@ where
     }
 }
 
+/// A TLS stream whose connection may hold records it has not sent yet.
+pub trait TlsQueue {
+    /// Moves what rustls holds back (a KeyUpdate answer) into its send queue;
+    /// true when there is anything to write to the socket.
+    fn release_queued(&mut self) -> bool;
+}
+
+/// Releases what `conn` holds back and says whether it has records to write.
+///
+/// rustls keeps the answer to a peer's KeyUpdate until the next record it sends;
+/// an empty write makes it queue that answer without sending any data.
+pub fn release_queued<D>(conn: &mut rustls::ConnectionCommon<D>) -> bool {
+    let _ = std::io::Write::write(&mut conn.writer(), &[]);
+    conn.wants_write()
+}
+
+/// A TLS stream that sends what rustls queued while reading at once.
+///
+/// Reading can make rustls owe the peer records of its own: the answer to a
+/// KeyUpdate, or an alert refusing renegotiation. A copy loop only writes to the
+/// peer when the other side has bytes for it, so without this those records
+/// would wait for the upstream's next write and a peer waiting for them would hang.
+#[derive(Debug)]
+pub struct FlushOnRead<S>(pub S);
+
+impl<S> AsyncRead for FlushOnRead<S>
+where
+    S: AsyncRead + AsyncWrite + TlsQueue + Unpin,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.0).poll_read(cx, buf);
+        if self.0.release_queued() {
+            // Pending registers for writability, and the wake-up polls this read again; an
+            // error surfaces on the next write.
+            let _ = Pin::new(&mut self.0).poll_flush(cx);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FlushOnRead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<IO> TlsQueue for tokio_rustls::client::TlsStream<IO> {
+    fn release_queued(&mut self) -> bool {
+        release_queued(self.get_mut().1)
+    }
+}
+
 /// When bytes last moved on a connection, shared by both directions.
 struct Activity {
     epoch: Instant,

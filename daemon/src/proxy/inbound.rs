@@ -3,27 +3,26 @@
 //! Stages run in order and each can refuse: nothing, not even a TCP connect,
 //! reaches the local service before the peer is authorized.
 //!
-//! accept → (permissive: plaintext?) → mTLS handshake → authorize → connect upstream →
-//! PROXY header → splice → "connection closed"
+//! accept → per-source count → (permissive: plaintext?) → complete ClientHello →
+//! handshake slot → mTLS handshake → authorize → connect upstream → PROXY header →
+//! splice → "connection closed"
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::server::{StartHandshake, TlsStream};
 
 use super::early_tls::EarlyTlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::forward::{Forwarded, splice};
+use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
 use super::listener::RouteState;
-use super::{Closed, Outcome, Refusal, RefuseReason, proxy_protocol};
+use super::{Closed, Outcome, Refusal, RefuseReason, client_hello, peer, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
-use crate::identity::{SpiffeId, ValidityError, check_validity, spiffe_id_of};
+use crate::identity::{SpiffeId, spiffe_id_of};
 use crate::metrics::{HandshakeKind, ListenerMetrics};
 use crate::policy::{Decision, Peer, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
@@ -82,12 +81,6 @@ impl Inbound {
         &self.config
     }
 
-    /// Shares `slots` (from the listener this one replaces) instead of fresh ones.
-    pub fn with_connection_slots(mut self, slots: Arc<Semaphore>) -> Self {
-        self.state.connections = slots;
-        self
-    }
-
     /// Limits in force, metrics and CRLs.
     pub fn state(&self) -> &RouteState {
         &self.state
@@ -104,7 +97,7 @@ impl Inbound {
         let local = stream.local_addr().unwrap_or(self.config.listen);
         let _ = stream.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
-        let admitted = timeout_at(deadline, self.admit(stream))
+        let admitted = timeout_at(deadline, self.admit(stream, src))
             .await
             .map_err(|_| {
                 Refusal::new(
@@ -140,29 +133,67 @@ impl Inbound {
     }
 
     /// Handshake and policy: returns an authorized peer or the reason it was refused.
-    async fn admit(&self, stream: TcpStream) -> Result<Admitted, Refusal> {
-        let _slot = self.state.handshake_slot().await;
+    async fn admit(&self, mut stream: TcpStream, src: SocketAddr) -> Result<Admitted, Refusal> {
+        // Counted from accept until the handshake ends, so one address cannot fill the
+        // pre-handshake phase with connections that never finish.
+        let _source = self.state.sources.enter(src.ip()).ok_or_else(|| {
+            Refusal::new(
+                RefuseReason::TooManyFromSource,
+                format!(
+                    "{} already has max_handshakes_per_source connections in their handshake",
+                    src.ip()
+                ),
+            )
+        })?;
 
         if self.config.mode == Mode::Permissive && !starts_with_tls(&stream).await? {
             let rule = self.authorize(Peer::Unauthenticated)?;
             return Ok(Admitted::Plaintext { stream, rule });
         }
 
+        // No handshake slot until the whole ClientHello is here.
+        let hello = timeout(
+            self.config.limits.client_hello_timeout,
+            client_hello::read(&mut stream),
+        )
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                RefuseReason::HandshakeTimeout,
+                "no complete ClientHello within client_hello_timeout",
+            )
+        })??;
+        let _slot = self.state.handshake_slot().await;
+
         let started = Instant::now();
-        let refuse =
-            |e: std::io::Error| Refusal::new(RefuseReason::of_handshake(&e), e.to_string());
+        // Whether rustls got past the ClientHello: what a protocol error is called depends on it.
+        let mut past_hello = false;
+        let refuse = |e: std::io::Error, past_hello: bool| {
+            Refusal::new(RefuseReason::of_handshake(&e, !past_hello), e.to_string())
+        };
+        let config = self.acceptor.config().clone();
         let mut tls = if self.config.early_data > 0 {
+            let conn = match hello.into_connection(config) {
+                Ok(conn) => conn,
+                Err((e, mut alert)) => {
+                    let mut bytes = Vec::new();
+                    let _ = alert.write_all(&mut bytes);
+                    let _ = stream.write_all(&bytes).await;
+                    let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+                    return Err(refuse(e, false));
+                }
+            };
             // Returns once early data is here, so it is forwarded without waiting a round trip.
-            let config = self.acceptor.config().clone();
             PeerTls::Early(Box::new(
-                EarlyTlsStream::accept(stream, config)
+                EarlyTlsStream::accept(stream, conn)
                     .await
-                    .map_err(refuse)?,
+                    .map_err(|e| refuse(e, true))?,
             ))
         } else {
-            PeerTls::Rustls(Box::new(
-                self.acceptor.accept(stream).await.map_err(refuse)?,
-            ))
+            let accept = StartHandshake::from_parts(hello, stream)
+                .into_stream_with(config, |_| past_hello = true);
+            let result = accept.await;
+            PeerTls::Rustls(Box::new(result.map_err(|e| refuse(e, past_hello))?))
         };
         let early = tls.take_early_data();
         let resumed = tls.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
@@ -186,21 +217,8 @@ impl Inbound {
                 spiffe_id_of(cert)
                     .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
             })?;
-        // Full or resumed, the chain must not hold a revoked certificate under the CRLs loaded now.
-        self.state.revocations.check(chain).map_err(|e| {
-            Refusal::new(RefuseReason::Revoked, e.to_string()).with_peer(id.as_str())
-        })?;
-        if resumed {
-            // A resumed session skipped verification: its certificates must still be valid now.
-            check_validity(chain).map_err(|e| {
-                let reason = match e {
-                    ValidityError::Expired { .. } => RefuseReason::CertExpired,
-                    ValidityError::NotYetValid { .. } => RefuseReason::CertNotYetValid,
-                    ValidityError::Malformed => RefuseReason::BadCertificate,
-                };
-                Refusal::new(reason, format!("resumed session: {e}")).with_peer(id.as_str())
-            })?;
-        }
+        peer::check_chain(chain, &self.state.revocations, resumed)
+            .map_err(|r| r.with_peer(id.as_str()))?;
         let rule = self
             .authorize(Peer::Spiffe(&id))
             .map_err(|r| r.with_peer(id.as_str()))?;
@@ -294,6 +312,7 @@ impl Inbound {
                     }
                     self.state.metrics.from_peer.inc_by(early.len() as u64);
                 }
+                let stream = FlushOnRead(stream);
                 let mut forwarded =
                     splice(stream, upstream, idle, hard_stop, &self.state.metrics).await;
                 forwarded.from_peer += early.len() as u64;
@@ -350,6 +369,15 @@ impl PeerTls {
         match self {
             Self::Rustls(_) => Vec::new(),
             Self::Early(s) => s.take_early_data(),
+        }
+    }
+}
+
+impl TlsQueue for PeerTls {
+    fn release_queued(&mut self) -> bool {
+        match self {
+            Self::Rustls(s) => release_queued(s.get_mut().1),
+            Self::Early(s) => release_queued(s.connection_mut()),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! A bound socket and the route it serves; a reload swaps the route without closing the socket.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::client_hello::SourceLimit;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
 use super::{Drain, Outcome, Refusal, RefuseReason, log_outcome};
@@ -18,10 +20,10 @@ use crate::metrics::{Direction, ListenerMetrics};
 /// What every route keeps besides its config: limits in force, metrics and the CRLs to check.
 #[derive(Debug)]
 pub struct RouteState {
-    /// Slots for open connections (`max_connections`), shareable with a successor route.
-    pub connections: Arc<Semaphore>,
     /// Slots for handshakes in progress (`max_handshakes`).
     pub handshakes: Semaphore,
+    /// Connections per address not yet through their handshake (`max_handshakes_per_source`).
+    pub sources: Arc<SourceLimit>,
     /// This listener's metrics.
     pub metrics: ListenerMetrics,
     /// Revoked certificates no peer chain may contain.
@@ -32,8 +34,8 @@ impl RouteState {
     /// Fresh slots for `limits`.
     pub fn new(limits: &Limits, metrics: ListenerMetrics, revocations: Arc<Revocations>) -> Self {
         Self {
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Semaphore::new(limits.max_handshakes),
+            sources: SourceLimit::new(limits.max_handshakes_per_source),
             metrics,
             revocations,
         }
@@ -87,15 +89,6 @@ impl Route {
             Self::Inbound(i) => i.state(),
             Self::Outbound(o) => o.state(),
         }
-    }
-
-    fn connections(&self) -> &Arc<Semaphore> {
-        &self.state().connections
-    }
-
-    /// The slots that bound open connections, to share with a route that replaces this one.
-    pub fn connection_slots(&self) -> Arc<Semaphore> {
-        self.connections().clone()
     }
 
     /// The configured `max_connections`.
@@ -180,11 +173,47 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
+/// Connections open on one listening socket, whichever route admitted them.
+///
+/// The count belongs to the socket, the cap (`max_connections`) to the route in
+/// force, so a reload that changes the cap applies it to every connection still
+/// open, and one that does not change it keeps counting them.
+#[derive(Debug, Default)]
+pub struct OpenCount(AtomicUsize);
+
+impl OpenCount {
+    /// Counts one more open connection unless `max` are open already.
+    pub fn try_open(self: &Arc<Self>, max: usize) -> Option<OpenSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OpenSlot(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One open connection, counted until dropped.
+#[derive(Debug)]
+pub struct OpenSlot(Arc<OpenCount>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A listening socket's accept loop and the route its new connections take.
 #[derive(Debug)]
 pub struct Listener {
     route: RwLock<Route>,
     stop: CancellationToken,
+    open: Arc<OpenCount>,
 }
 
 impl Listener {
@@ -193,6 +222,7 @@ impl Listener {
         Arc::new(Self {
             route: RwLock::new(route),
             stop: drain.stop_accepting.child_token(),
+            open: Arc::default(),
         })
     }
 
@@ -232,7 +262,7 @@ impl Listener {
                     continue;
                 }
             };
-            let Ok(permit) = route.connections().clone().try_acquire_owned() else {
+            let Some(permit) = self.open.try_open(route.max_connections()) else {
                 let refusal = Refusal::new(
                     RefuseReason::TooManyConnections,
                     "listener is at max_connections",
@@ -257,6 +287,24 @@ impl Listener {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+
+    #[test]
+    fn the_open_count_applies_whatever_cap_is_in_force_to_every_open_connection() {
+        let open = Arc::new(OpenCount::default());
+        let a = open.try_open(2).unwrap();
+        let _b = open.try_open(2).unwrap();
+        assert!(open.try_open(2).is_none());
+        // A reload raises the cap: the two open connections still count.
+        let c = open.try_open(3).unwrap();
+        assert!(open.try_open(3).is_none());
+        // And lowers it below what is open: nothing new until enough have closed.
+        drop(c);
+        assert!(open.try_open(1).is_none());
+        drop(a);
+        assert_eq!(open.get(), 1);
+        assert!(open.try_open(1).is_none());
+        assert!(open.try_open(2).is_some());
+    }
 
     #[tokio::test]
     async fn a_panicking_connection_task_is_counted_logged_and_leaves_no_active_connection() {

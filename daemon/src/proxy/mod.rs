@@ -1,10 +1,12 @@
 //! The data path: inbound and outbound listeners, the copy loop and what we tell upstreams.
 
+pub mod client_hello;
 pub mod early_tls;
 pub mod forward;
 pub mod inbound;
 pub mod listener;
 pub mod outbound;
+pub mod peer;
 pub mod proxy_protocol;
 
 use std::io;
@@ -35,6 +37,10 @@ pub enum RefuseReason {
     PeerClosed,
     /// The first flight was not a TLS ClientHello, or was malformed.
     BadClientHello,
+    /// A malformed or out-of-order handshake message after the ClientHello.
+    BadHandshakeMessage,
+    /// The peer's address already has `max_handshakes_per_source` connections before or in their handshake.
+    TooManyFromSource,
     /// The client sent no certificate.
     NoClientCert,
     /// The peer's chain does not lead to a root of our bundle.
@@ -77,6 +83,8 @@ impl RefuseReason {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::PeerClosed => "peer_closed",
             Self::BadClientHello => "bad_client_hello",
+            Self::BadHandshakeMessage => "bad_handshake_message",
+            Self::TooManyFromSource => "too_many_from_source",
             Self::NoClientCert => "no_client_cert",
             Self::UnknownIssuer => "unknown_issuer",
             Self::CertExpired => "cert_expired",
@@ -101,6 +109,7 @@ impl RefuseReason {
         !matches!(
             self,
             Self::TooManyConnections
+                | Self::TooManyFromSource
                 | Self::NotAllowed
                 | Self::Denied
                 | Self::UpstreamUnavailable
@@ -108,8 +117,9 @@ impl RefuseReason {
         )
     }
 
-    /// Classifies the error a failed handshake returned.
-    pub fn of_handshake(err: &io::Error) -> Self {
+    /// Classifies the error a failed handshake returned; `first_flight` says whether the
+    /// ClientHello itself was being processed, which decides what a protocol error is called.
+    pub fn of_handshake(err: &io::Error, first_flight: bool) -> Self {
         let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
             return match err.kind() {
                 io::ErrorKind::UnexpectedEof
@@ -120,11 +130,24 @@ impl RefuseReason {
         };
         match tls {
             TlsError::NoCertificatesPresented => Self::NoClientCert,
-            TlsError::InvalidMessage(_) | TlsError::InappropriateMessage { .. } => {
-                Self::BadClientHello
+            TlsError::InvalidMessage(_)
+            | TlsError::InappropriateMessage { .. }
+            | TlsError::InappropriateHandshakeMessage { .. }
+            | TlsError::PeerMisbehaved(_) => {
+                if first_flight {
+                    Self::BadClientHello
+                } else {
+                    Self::BadHandshakeMessage
+                }
             }
             TlsError::InvalidCertificate(cert) => match cert {
-                CertificateError::UnknownIssuer => Self::UnknownIssuer,
+                // A chain that names one of our CAs as issuer but is not signed by it (a rogue CA
+                // with the same name) was not issued by anything we trust.
+                CertificateError::UnknownIssuer
+                | CertificateError::BadSignature
+                | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                    Self::UnknownIssuer
+                }
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     Self::CertExpired
                 }

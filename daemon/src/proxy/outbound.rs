@@ -3,18 +3,16 @@
 //! accept (loopback) → connect remote → mTLS handshake (server must prove `server_id`) →
 //! splice → "connection closed"
 
-use std::sync::Arc;
-
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::forward::splice;
+use super::forward::{FlushOnRead, splice};
 use super::listener::RouteState;
+use super::peer;
 use super::{Closed, Outcome, Refusal, RefuseReason};
 use crate::config::OutboundConfig;
 use crate::metrics::{HandshakeKind, ListenerMetrics};
@@ -71,12 +69,6 @@ impl Outbound {
         &self.config
     }
 
-    /// Shares `slots` (from the listener this one replaces) instead of fresh ones.
-    pub fn with_connection_slots(mut self, slots: Arc<Semaphore>) -> Self {
-        self.state.connections = slots;
-        self
-    }
-
     /// Limits in force, metrics and CRLs.
     pub fn state(&self) -> &RouteState {
         &self.state
@@ -103,7 +95,7 @@ impl Outbound {
             upstream: self.config.connect.clone(),
             forwarded: splice(
                 local,
-                remote,
+                FlushOnRead(remote),
                 self.config.limits.idle_timeout,
                 hard_stop,
                 &self.state.metrics,
@@ -136,14 +128,9 @@ impl Outbound {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| {
-                Refusal::new(RefuseReason::of_handshake(&e), e.to_string())
+                Refusal::new(RefuseReason::of_handshake(&e, false), e.to_string())
                     .with_peer(self.config.server_id.as_str())
             })?;
-        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        self.state.revocations.check(chain).map_err(|e| {
-            Refusal::new(RefuseReason::Revoked, e.to_string())
-                .with_peer(self.config.server_id.as_str())
-        })?;
         let conn = tls.get_ref().1;
         let kind = match conn.handshake_kind() {
             // Still handshaking: connect returned early to send 0-RTT data.
@@ -151,6 +138,9 @@ impl Outbound {
             Some(rustls::HandshakeKind::Resumed) => HandshakeKind::Resumed,
             _ => HandshakeKind::Full,
         };
+        let chain = conn.peer_certificates().unwrap_or_default();
+        peer::check_chain(chain, &self.state.revocations, kind != HandshakeKind::Full)
+            .map_err(|r| r.with_peer(self.config.server_id.as_str()))?;
         self.state.metrics.handshake(kind, started.elapsed());
         Ok((tls, kind))
     }

@@ -114,6 +114,16 @@ impl StoresServerSessions for LazySessionCache {
     }
 }
 
+/// How many bytes of early data a listener that cannot accept it skips before giving up.
+///
+/// rustls 0.23 charges a rejected early-data record against this budget once per
+/// `process_new_packets` call until a later record decrypts, not once per record,
+/// and its 16 KiB default then runs out at about 8 KiB of early data: the client
+/// gets `bad_record_mac` instead of the promised full handshake. Where rustls can
+/// never accept early data (no resumption, or stateless tickets), a large budget
+/// costs nothing but bounded AEAD work on records that fail to decrypt.
+pub const REJECTED_EARLY_DATA_SKIP: u32 = 1 << 20;
+
 /// Sessions a client keeps per outbound route, so reconnects resume.
 const CLIENT_SESSIONS: usize = 64;
 
@@ -144,10 +154,16 @@ impl TlsIdentity {
             ServerResumption::Off => {
                 config.session_storage = Arc::new(NoServerSessionStorage {});
                 config.send_tls13_tickets = 0;
+                // Nothing resumes here, so nothing is accepted or advertised: this only sizes
+                // the skip budget for early data a client sends anyway.
+                config.max_early_data_size = REJECTED_EARLY_DATA_SKIP;
             }
             ServerResumption::Tickets(ticketer) => {
                 config.session_storage = Arc::new(NoServerSessionStorage {});
                 config.ticketer = ticketer.clone();
+                // rustls neither accepts nor advertises early data with stateless tickets, so
+                // this too only sizes the skip budget.
+                config.max_early_data_size = REJECTED_EARLY_DATA_SKIP;
             }
             ServerResumption::Cache { cache, early_data } => {
                 config.session_storage = cache.clone();
