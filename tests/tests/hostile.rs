@@ -335,3 +335,51 @@ async fn an_outbound_resumption_to_a_server_whose_certificate_expired_is_refused
         "{refused}"
     );
 }
+
+/// A local process cannot hoard admin connections: past 64 the next is closed at
+/// once, an idle one is closed after the header timeout, and mTLS keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_endpoint_bounds_its_connections_and_closes_idle_ones() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let daemon = pki.start_daemon(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        pki.inbound("web", upstream.addr, "")
+    ));
+    let admin = daemon.admin_addr();
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(TcpStream::connect(admin).await.unwrap());
+    }
+    // The 65th is accepted and closed without an answer.
+    let mut extra = TcpStream::connect(admin).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, extra.read(&mut buf))
+        .await
+        .expect("the 65th admin connection was left open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    daemon.wait_for_log("admin busy", |l| {
+        l["message"] == "admin endpoint busy; connection closed"
+    });
+    // The data path is untouched meanwhile.
+    let mut tls = tls_connect(daemon.addr("web"), pki.client("/frontend"))
+        .await
+        .unwrap();
+    assert_eq!(echo_round_trip(&mut tls, b"data").await.unwrap(), b"data");
+    // Idle connections that never send a request are closed by the header timeout...
+    for conn in &mut idle {
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+            .await
+            .expect("an idle admin connection was never closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    drop(idle);
+    // ...and the endpoint answers again.
+    let health = tokio::task::spawn_blocking(move || admin_request(admin, "/healthz", None))
+        .await
+        .unwrap();
+    assert_eq!(health, (200, "ok\n".into()));
+}
