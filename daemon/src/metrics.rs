@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::proxy::RefuseReason;
+use crate::proxy::outcome::{HandshakeKind, RefuseReason};
 use crate::signing::DeviceKey;
 
 /// Which way a listener's connections go.
@@ -38,28 +38,6 @@ impl Direction {
         match self {
             Self::Inbound => "inbound",
             Self::Outbound => "outbound",
-        }
-    }
-}
-
-/// How a TLS session was established.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeKind {
-    /// Certificates exchanged and verified.
-    Full,
-    /// A previous session resumed from a ticket or the session cache.
-    Resumed,
-    /// Resumed, with early data accepted.
-    EarlyData,
-}
-
-impl HandshakeKind {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Full => "full",
-            Self::Resumed => "resumed",
-            Self::EarlyData => "early_data",
         }
     }
 }

@@ -17,59 +17,10 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ListenerMetrics;
+pub use crate::proxy::outcome::{CloseReason, Forwarded};
 
 /// Per-direction buffer: one maximum-size TLS record.
 const BUF_SIZE: usize = 16 * 1024;
-
-/// How a forwarded connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Both sides finished sending.
-    Completed,
-    /// No bytes moved either way for `idle_timeout`.
-    IdleTimeout,
-    /// The shutdown grace period ran out while the connection was still open.
-    ShutdownGraceElapsed,
-    /// A read or write failed on either side.
-    Error,
-}
-
-impl CloseReason {
-    /// Stable snake_case name for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::IdleTimeout => "idle_timeout",
-            Self::ShutdownGraceElapsed => "shutdown_grace_elapsed",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// What a finished forward did.
-#[derive(Debug)]
-pub struct Forwarded {
-    /// Bytes read from the peer and written towards the upstream.
-    pub from_peer: u64,
-    /// Bytes read from the upstream and written towards the peer.
-    pub to_peer: u64,
-    /// Why it ended.
-    pub reason: CloseReason,
-    /// The I/O error, when `reason` is [`CloseReason::Error`].
-    pub error: Option<io::Error>,
-}
-
-impl Forwarded {
-    /// A forward that failed before any byte was copied.
-    pub fn failed(error: io::Error) -> Self {
-        Self {
-            from_peer: 0,
-            to_peer: 0,
-            reason: CloseReason::Error,
-            error: Some(error),
-        }
-    }
-}
 
 /// Forwards until both directions finish, the connection idles out, or `hard_stop` fires.
 ///

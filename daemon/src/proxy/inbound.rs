@@ -19,11 +19,12 @@ use super::early_tls::EarlyTlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
-use super::listener::RouteState;
+use super::outcome::HandshakeKind;
+use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason, client_hello, peer, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
 use crate::identity::{SpiffeId, spiffe_id_of};
-use crate::metrics::{HandshakeKind, ListenerMetrics};
+use crate::metrics::ListenerMetrics;
 use crate::policy::{Decision, Peer, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
 

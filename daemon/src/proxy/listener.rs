@@ -5,50 +5,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::client_hello::SourceLimit;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
-use super::{Drain, Outcome, Refusal, RefuseReason, log_outcome};
+use super::outcome::log_outcome;
+use super::route_state::RouteState;
+use super::{Drain, Outcome, Refusal, RefuseReason};
 use crate::accept::AcceptErrors;
-use crate::config::Limits;
-use crate::identity::Revocations;
 use crate::metrics::{Direction, ListenerMetrics};
-
-/// What every route keeps besides its config: limits in force, metrics and the CRLs to check.
-#[derive(Debug)]
-pub struct RouteState {
-    /// Slots for handshakes in progress (`max_handshakes`).
-    pub handshakes: Semaphore,
-    /// Connections per address not yet through their handshake (`max_handshakes_per_source`).
-    pub sources: Arc<SourceLimit>,
-    /// This listener's metrics.
-    pub metrics: ListenerMetrics,
-    /// Revoked certificates no peer chain may contain.
-    pub revocations: Arc<Revocations>,
-}
-
-impl RouteState {
-    /// Fresh slots for `limits`.
-    pub fn new(limits: &Limits, metrics: ListenerMetrics, revocations: Arc<Revocations>) -> Self {
-        Self {
-            handshakes: Semaphore::new(limits.max_handshakes),
-            sources: SourceLimit::new(limits.max_handshakes_per_source),
-            metrics,
-            revocations,
-        }
-    }
-
-    /// Waits for a handshake slot; slots are never closed.
-    pub async fn handshake_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.handshakes
-            .acquire()
-            .await
-            .expect("handshake semaphore is never closed")
-    }
-}
 
 /// What a listener does with the connections it accepts.
 #[derive(Debug, Clone)]

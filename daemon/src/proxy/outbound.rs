@@ -11,11 +11,12 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{FlushOnRead, splice};
-use super::listener::RouteState;
+use super::outcome::HandshakeKind;
 use super::peer;
+use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason};
 use crate::config::OutboundConfig;
-use crate::metrics::{HandshakeKind, ListenerMetrics};
+use crate::metrics::ListenerMetrics;
 use crate::tls::TlsIdentity;
 
 /// A running outbound listener's shared state.
