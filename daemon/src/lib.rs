@@ -4,7 +4,8 @@
 //! the peer's SVID ([`identity`]), authorizes its SPIFFE ID ([`policy`]),
 //! connects to the local service and copies bytes ([`proxy::forward`]);
 //! [`proxy::outbound`] is the mirror image for local clients. [`runtime`] binds
-//! the listeners from a [`config::Config`] and drains them on shutdown.
+//! the listeners from a [`config::Config`], reloads and drains them;
+//! [`supervisor`] runs it as a process (signals, file watching, renewal, systemd).
 
 pub mod accept;
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod signing;
+pub mod supervisor;
 pub mod systemd;
 pub mod tls;
 pub mod watch;

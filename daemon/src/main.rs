@@ -7,19 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use mtlsd::admin::{Admin, LogControl};
+use mtlsd::admin::LogControl;
 use mtlsd::ca::{Authority, LeafSpec, Revoke};
-use mtlsd::config::{Config, IdentitySource, parse_duration};
+use mtlsd::config::{Config, parse_duration};
+use mtlsd::demo;
 use mtlsd::identity::SpiffeId;
-use mtlsd::metrics::Metrics;
-use mtlsd::runtime::{Daemon, load_identity};
-use mtlsd::signing::backend_for;
+use mtlsd::runtime::check_identity;
+use mtlsd::supervisor::{ConfigSource, Supervisor};
 use mtlsd::tls::tickets;
-use mtlsd::watch::FileWatch;
-use mtlsd::{demo, systemd};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{Registry, reload};
@@ -251,209 +247,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// How often certificate, key, bundle and CRL files are checked for changes.
-const WATCH_INTERVAL: Duration = Duration::from_secs(1);
-/// How often certificate lifetimes are checked for warnings.
-const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
-/// How soon a failed SVID renewal is retried.
-const RENEWAL_RETRY: Duration = Duration::from_secs(30);
-
-/// Where `run` gets its configuration from, again on every SIGHUP.
-enum Source {
-    File(PathBuf),
-    Demo(PathBuf),
-}
-
-impl Source {
-    fn load(&self) -> Result<Config> {
-        match self {
-            Self::File(path) => Ok(Config::load(path)?),
-            Self::Demo(dir) => Ok(demo::prepare(dir).context("preparing the demo")?.0),
-        }
-    }
-}
-
 async fn run(
     config: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     log: Arc<LogFilter>,
 ) -> Result<()> {
-    // Signal handlers first, so a SIGTERM during start-up is not lost.
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-
-    let (source, config, demo_files) = match config {
-        Some(path) => {
-            let config = Config::load(&path)?;
-            (Source::File(path), config, None)
-        }
-        None => {
-            let dir = state_dir.unwrap_or_else(demo::default_state_dir);
-            info!(state_dir = %dir.display(), "no --config given: starting the embedded demo");
-            let (config, files) = demo::prepare(&dir).context("preparing the demo")?;
-            demo::serve_upstream(&files.upstream_socket)
-                .await
-                .with_context(|| {
-                    format!(
-                        "starting the demo service on {}",
-                        files.upstream_socket.display()
-                    )
-                })?;
-            (Source::Demo(dir), config, Some(files))
-        }
+    let source = match (config, state_dir) {
+        (Some(path), _) => ConfigSource::File(path),
+        (None, dir) => ConfigSource::Demo(dir.unwrap_or_else(demo::default_state_dir)),
     };
-    let activated = systemd::take_listen_fds().context("socket activation")?;
-    let admin_config = config.admin.clone();
-    // The admin socket is bound before READY so a scraper never races the start.
-    let admin_socket = match &admin_config {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a.listen)
-                .await
-                .with_context(|| format!("admin endpoint: cannot listen on {}", a.listen))?,
-        ),
-        None => None,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let mut daemon = Daemon::start_with(config, activated, metrics.clone()).await?;
-    metrics.reloaded(true);
-    let stop_admin = CancellationToken::new();
-    if let Some(socket) = admin_socket {
-        let admin = Arc::new(Admin {
-            status: daemon.status().clone(),
-            metrics,
-            log: Some(log),
-        });
-        tokio::spawn(admin.serve(socket, stop_admin.clone()));
-    }
-    if let Some(files) = &demo_files {
-        demo::log_instructions(files);
-    }
-    let notifier = systemd::Notifier::from_env().map(Arc::new);
-    let status_line = |d: &Daemon| {
-        let s = d.status().snapshot();
-        format!("serving {} listeners as {}", s.listeners.len(), s.identity)
-    };
-    if let Some(notifier) = &notifier {
-        notifier.ready(&status_line(&daemon));
-        if let Some(every) = systemd::watchdog_interval() {
-            // Pinged from a task on the same runtime: if the event loop wedges, the pings stop
-            // and systemd restarts us.
-            let notifier = notifier.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    notifier.watchdog();
-                }
-            });
-        }
-    }
-
-    let mut watch = FileWatch::new(daemon.watched_files());
-    let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
-    let mut expiry_tick = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
-    let mut renew_at = daemon.renew_at();
-    let signal = loop {
-        let renewal = async {
-            match renew_at {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let outcome = tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => {
-                info!("SIGHUP received: reloading configuration");
-                if let Some(n) = &notifier {
-                    n.reloading();
-                }
-                match source.load() {
-                    Ok(config) => {
-                        if config.admin != admin_config {
-                            warn!("admin.listen changed; the admin endpoint keeps its address until restart");
-                        }
-                        daemon.reload(config).await.map(|_| ()).map_err(anyhow::Error::from)
-                    }
-                    Err(e) => {
-                        daemon.metrics().reloaded(false);
-                        error!(error = %format!("{e:#}"), "reload rejected; the previous configuration keeps serving");
-                        Err(e)
-                    }
-                }
-            }
-            _ = watch_tick.tick() => {
-                if !watch.poll() {
-                    continue;
-                }
-                info!(files = ?watch.files(), "identity files changed: reloading them");
-                daemon.refresh().await.map(|_| ()).map_err(anyhow::Error::from)
-            }
-            () = renewal => {
-                info!("renewing our SVID from the built-in CA");
-                let result = daemon.refresh().await.map(|_| ()).map_err(anyhow::Error::from);
-                if result.is_err() {
-                    // The old SVID keeps serving; try again soon rather than in a tight loop.
-                    renew_at = Some(std::time::Instant::now() + RENEWAL_RETRY);
-                }
-                result
-            }
-            _ = expiry_tick.tick() => {
-                daemon.warn_if_expiring();
-                continue;
-            }
-        };
-        if outcome.is_ok() {
-            renew_at = daemon.renew_at();
-        }
-        // Whatever triggered it, the reload read the files as they are now.
-        watch = FileWatch::new(daemon.watched_files());
-        if let Some(n) = &notifier {
-            let status = match outcome {
-                Ok(()) => status_line(&daemon),
-                Err(e) => format!("{}; last reload failed: {e:#}", status_line(&daemon)),
-            };
-            n.ready(&status);
-        }
-    };
-    info!(signal, "shutting down");
-    if let Some(notifier) = &notifier {
-        notifier.stopping(&format!("{signal}: draining connections"));
-    }
-    daemon.shutdown().await;
-    stop_admin.cancel();
+    let log: Arc<dyn LogControl> = log;
+    Supervisor::start(source, Some(log)).await?.run().await;
     Ok(())
 }
 
 fn check(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
-    let identity = match &config.identity.source {
-        // Issuing a certificate just to check the config would fill the CA's ledger:
-        // check that the CA opens and serves our trust domain, and that bundle and CRL load.
-        IdentitySource::Ca { dir, id, .. } => {
-            let ca = Authority::open(dir)?;
-            anyhow::ensure!(
-                ca.trust_domain() == config.identity.trust_domain
-                    && id.trust_domain() == config.identity.trust_domain,
-                "identity.ca_dir {} issues for {}, identity.id is {id}, identity.trust_domain is {}",
-                dir.display(),
-                ca.trust_domain(),
-                config.identity.trust_domain
-            );
-            mtlsd::identity::load_bundle(&config.identity.bundle)?;
-            mtlsd::identity::Revocations::load(config.identity.crl.as_slice())?;
-            id.to_string()
-        }
-        IdentitySource::Files { .. } => {
-            let backend = backend_for(&config.crypto)
-                .with_context(|| format!("crypto backend {}", config.crypto.backend.name()))?;
-            load_identity(&config.identity, &config.crypto, backend.as_ref())?
-                .svid
-                .id
-                .to_string()
-        }
-    };
+    let identity = check_identity(&config)?;
     if let Some(file) = &config.resumption.ticket_key_file {
         let keys = tickets::load_key_file(file)?;
         info!(file = %file.display(), keys = keys.len(), "session ticket keys are valid");
