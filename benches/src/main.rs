@@ -13,6 +13,7 @@
 mod chart;
 mod contender;
 mod rtt;
+mod soak;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -99,6 +100,9 @@ struct Args {
     /// Do not run anything: read a JSON report written earlier, print its tables (and charts).
     #[arg(long)]
     render: Option<PathBuf>,
+    /// The halves of scripts/soak (against an mtlsd started elsewhere) instead of the comparison.
+    #[command(subcommand)]
+    soak: Option<soak::Command>,
 }
 
 impl Args {
@@ -195,6 +199,13 @@ fn resolve_contenders(list: &str) -> Result<Vec<Spec>, String> {
 #[tokio::main]
 async fn main() {
     let mut args = Args::parse();
+    if let Some(command) = args.soak.take() {
+        if let Err(e) = soak::run(command).await {
+            eprintln!("mtlsd-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Some(path) = &args.render {
         let text =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

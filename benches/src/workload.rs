@@ -3,6 +3,7 @@
 //! drives traffic and checks it; `main` samples the server's CPU and RSS around it.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +26,22 @@ pub fn client_config(
     x25519_only: bool,
     resume: bool,
 ) -> Arc<ClientConfig> {
+    client_config_with_bundle(&pki.bundle(), client, x25519_only, resume)
+}
+
+/// [`client_config`] trusting the CA certificates in `bundle` (for a PKI made elsewhere).
+pub fn client_config_with_bundle(
+    bundle: &Path,
+    client: &CertFiles,
+    x25519_only: bool,
+    resume: bool,
+) -> Arc<ClientConfig> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if x25519_only {
         provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
     }
     let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(pki.bundle()).unwrap() {
+    for c in CertificateDer::pem_file_iter(bundle).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
     let chain = CertificateDer::pem_file_iter(&client.cert)
@@ -117,7 +128,7 @@ pub async fn storm(
 }
 
 /// Writes `msg` and reads exactly as many bytes back (bounded by [`WAIT`]).
-async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     msg: &[u8],
 ) -> std::io::Result<()> {
