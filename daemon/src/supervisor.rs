@@ -145,6 +145,7 @@ impl Supervisor {
                 (config, Some(files))
             }
         };
+        log_descriptor_budget(&config);
         let activated = systemd::take_listen_fds()?;
         let admin_config = config.admin.clone();
         // The admin socket is bound before READY so a scraper never races the start.
@@ -324,11 +325,72 @@ impl Supervisor {
     }
 }
 
+/// Descriptors kept for listening sockets, the admin endpoint, key and config files.
+const DESCRIPTOR_RESERVE: u64 = 64;
+
+/// The soft limit on open descriptors, from `/proc/self/limits` (`None` if unreadable or unlimited).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Logs how many proxied connections the descriptor limit allows (two descriptors each), and
+/// warns when the listeners' `max_connections` add up to more: past that, accepts fail with
+/// EMFILE instead of being refused with a reason.
+fn log_descriptor_budget(config: &Config) {
+    let Some(limit) = open_files_limit() else {
+        return;
+    };
+    let connections = limit.saturating_sub(DESCRIPTOR_RESERVE) / 2;
+    let configured: u64 = config
+        .inbound
+        .iter()
+        .map(|l| l.limits.max_connections as u64)
+        .chain(
+            config
+                .outbound
+                .iter()
+                .map(|l| l.limits.max_connections as u64),
+        )
+        .sum();
+    info!(
+        open_files_limit = limit,
+        connections, "the descriptor limit allows this many proxied connections"
+    );
+    if configured > connections {
+        warn!(
+            open_files_limit = limit,
+            connections,
+            max_connections_total = configured,
+            "the listeners' max_connections add up to more than the descriptor limit allows; \
+             raise LimitNOFILE (ulimit -n) or lower max_connections"
+        );
+    }
+}
+
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
             .field("source", &self.source)
             .field("daemon", &self.daemon)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptor_limit_is_read_from_proc() {
+        let limit = open_files_limit().expect("Linux has /proc/self/limits");
+        let mut soft = std::process::Command::new("sh")
+            .args(["-c", "ulimit -Sn"])
+            .output()
+            .unwrap()
+            .stdout;
+        soft.retain(|b| b.is_ascii_digit());
+        assert_eq!(limit.to_string().into_bytes(), soft);
     }
 }
