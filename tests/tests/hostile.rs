@@ -202,8 +202,8 @@ async fn a_key_update_is_answered_without_waiting_for_upstream_traffic() {
     assert_eq!(echo_round_trip(&mut tls, b"after").await.unwrap(), b"after");
 }
 
-/// More than 8 KiB of early data on a listener that rejects it falls back to a full
-/// handshake (openssl s_client with a session from another listener).
+/// More than 8 KiB of rejected early data falls back to a full handshake: a session the
+/// listener never issued, and a replay on a 0-RTT listener (openssl s_client).
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_early_data_beyond_8_kib_falls_back_to_a_full_handshake() {
     let pki = Pki::new(TD);
@@ -251,6 +251,23 @@ async fn rejected_early_data_beyond_8_kib_falls_back_to_a_full_handshake() {
     assert!(rejected.contains("Early data was rejected"), "{rejected}");
     assert!(!rejected.contains("bad record mac"), "{rejected}");
     assert!(rejected.contains("New, TLSv1.3"), "{rejected}");
+
+    // On the 0-RTT listener: the 12 KiB are accepted once...
+    let early_args = [
+        "-ign_eof",
+        "-sess_in",
+        session.to_str().unwrap(),
+        "-early_data",
+        early.to_str().unwrap(),
+    ];
+    let accepted = s_client(daemon.addr("early"), &early_args, b"");
+    assert!(accepted.contains("Early data was accepted"), "{accepted}");
+    // ...and a replay of the consumed session falls back to a full handshake, although
+    // 12 KiB is more than half the listener's early_data.
+    let replay = s_client(daemon.addr("early"), &early_args[1..], b"");
+    assert!(replay.contains("Early data was rejected"), "{replay}");
+    assert!(!replay.contains("bad record mac"), "{replay}");
+    assert!(replay.contains("New, TLSv1.3"), "{replay}");
 }
 
 /// `max_connections` changed once, then two more reloads: the cap still counts the

@@ -8,6 +8,7 @@
 //! splice → "connection closed"
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -35,6 +36,8 @@ const TLS_HANDSHAKE: u8 = 0x16;
 pub struct Inbound {
     config: InboundConfig,
     acceptor: TlsAcceptor,
+    /// On 0-RTT listeners: the config for a client whose early data will be rejected.
+    rejecting: Option<Arc<rustls::ServerConfig>>,
     state: RouteState,
 }
 
@@ -72,6 +75,10 @@ impl Inbound {
     ) -> Result<Self, rustls::Error> {
         Ok(Self {
             acceptor: TlsAcceptor::from(tls.server_config(resumption)?),
+            rejecting: match config.early_data {
+                0 => None,
+                _ => Some(tls.server_config(&ServerResumption::Off)?),
+            },
             state: RouteState::new(&config.limits, metrics, tls.revocations.clone()),
             config,
         })
@@ -153,9 +160,10 @@ impl Inbound {
         }
 
         // No handshake slot until the whole ClientHello is here.
+        let early_listener = self.config.early_data > 0;
         let hello = timeout(
             self.config.limits.client_hello_timeout,
-            client_hello::read(&mut stream),
+            client_hello::read(&mut stream, early_listener),
         )
         .await
         .map_err(|_| {
@@ -173,8 +181,9 @@ impl Inbound {
             Refusal::new(RefuseReason::of_handshake(&e, !past_hello), e.to_string())
         };
         let config = self.acceptor.config().clone();
-        let mut tls = if self.config.early_data > 0 {
-            let conn = match hello.into_connection(config) {
+        let mut tls = if early_listener {
+            let config = self.config_for_early_data(&hello.raw, config);
+            let conn = match hello.accepted.into_connection(config) {
                 Ok(conn) => conn,
                 Err((e, mut alert)) => {
                     let mut bytes = Vec::new();
@@ -191,7 +200,7 @@ impl Inbound {
                     .map_err(|e| refuse(e, true))?,
             ))
         } else {
-            let accept = StartHandshake::from_parts(hello, stream)
+            let accept = StartHandshake::from_parts(hello.accepted, stream)
                 .into_stream_with(config, |_| past_hello = true);
             let result = accept.await;
             PeerTls::Rustls(Box::new(result.map_err(|e| refuse(e, past_hello))?))
@@ -230,6 +239,29 @@ impl Inbound {
             early,
             kind,
         })
+    }
+
+    /// On a 0-RTT listener, the config for a ClientHello: when it sends early data for a
+    /// session that is no longer in our cache (a replay, or a restart), rustls will reject
+    /// that data, so it gets the config that can skip all of it and issues no ticket.
+    fn config_for_early_data(
+        &self,
+        raw: &[u8],
+        config: Arc<rustls::ServerConfig>,
+    ) -> Arc<rustls::ServerConfig> {
+        let Some(rejecting) = &self.rejecting else {
+            return config;
+        };
+        match client_hello::offered_early_psks(raw) {
+            Some(ids)
+                if !ids
+                    .iter()
+                    .any(|id| config.session_storage.get(id).is_some()) =>
+            {
+                rejecting.clone()
+            }
+            _ => config,
+        }
     }
 
     fn authorize(&self, peer: Peer<'_>) -> Result<String, Refusal> {
