@@ -15,7 +15,8 @@
 //! async event loop never waits on a device, bounds the operations in flight,
 //! counts them, and falls back to a software copy when the device fails.
 //!
-//! Unsafe code is denied crate-wide; only the OpenSSL ENGINE bindings opt in.
+//! Unsafe code is denied crate-wide; only the OpenSSL ENGINE bindings opt in, and the
+//! test-only SoftHSM2 fixture for one `set_var`.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "pkcs11")]

@@ -53,14 +53,6 @@ pub fn backend_for(config: &CryptoConfig) -> Result<Arc<dyn Backend>, mtlsd_cryp
                 provider: o.provider.clone(),
             })?)
         }
-        #[cfg(not(feature = "openssl"))]
-        BackendKind::Openssl(_) => {
-            // Config validation refuses this before we get here.
-            return Err(mtlsd_crypto::Error::UnsupportedKeyRef {
-                backend: "openssl",
-                key: "(not built into this binary)".into(),
-            });
-        }
     })
 }
 

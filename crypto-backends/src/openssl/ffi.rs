@@ -3,7 +3,8 @@
 //! ENGINEs are deprecated in OpenSSL 3.0 and removed in 4.0, so `openssl-sys`
 //! leaves them out; Debian 12's libcrypto still exports them, and hardware
 //! like Intel QAT (qatengine) and the libp11 `pkcs11` engine still use them.
-//! This is the only module in the crate with `unsafe` code.
+//! Apart from one `set_var` in the test-only SoftHSM2 fixture (`test_support`), this is
+//! the only module in the crate with `unsafe` code.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};

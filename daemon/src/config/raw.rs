@@ -47,6 +47,9 @@ pub(super) struct RawCrypto {
     pub max_in_flight: Option<S<i64>>,
     pub simulate_latency: Option<S<String>>,
     pub pkcs11: Option<S<RawPkcs11>>,
+    // Parsed (and its keys checked) with or without the openssl feature, so a file means
+    // the same to every build; only a build with the backend reads it.
+    #[cfg_attr(not(feature = "openssl"), allow(dead_code))]
     pub openssl: Option<S<RawOpenssl>>,
 }
 
@@ -62,6 +65,7 @@ pub(super) struct RawPkcs11 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "openssl"), allow(dead_code))]
 pub(super) struct RawOpenssl {
     pub engine: Option<S<String>>,
     #[serde(default)]

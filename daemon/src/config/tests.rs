@@ -338,3 +338,27 @@ server_id = "spiffe://example.org/web"
     .unwrap();
     assert_eq!(c.resumption.session_cache_size, MAX_SESSION_CACHE);
 }
+
+#[cfg(not(feature = "openssl"))]
+#[test]
+fn the_openssl_backend_is_refused_where_it_is_not_built_in() {
+    let body = r#"
+[crypto]
+backend = "openssl"
+
+[[outbound]]
+name = "out"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5:15443"
+server_id = "spiffe://example.org/web"
+"#;
+    let p = problems(body);
+    assert_eq!(
+        p,
+        [format!(
+            "mtlsd.toml:{}:11: crypto.backend: this mtlsd was built without the openssl feature; \
+             rebuild with --features openssl",
+            line_of(body, "backend =")
+        )]
+    );
+}
