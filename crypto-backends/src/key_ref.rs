@@ -22,12 +22,18 @@ impl KeyRef {
     }
 }
 
+/// The part of a key reference that is safe to show: a PKCS#11 URI or engine key id
+/// without its `?query`, which may carry a `pin-value`.
+pub fn shown(key_id: &str) -> &str {
+    key_id.split('?').next().unwrap_or(key_id)
+}
+
 impl fmt::Display for KeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             // A pkcs11 URI may carry `pin-value`; never print past the path part.
-            Self::Pkcs11(uri) => f.write_str(uri.split('?').next().unwrap_or(uri)),
+            Self::Pkcs11(uri) => f.write_str(shown(uri)),
         }
     }
 }

@@ -547,6 +547,30 @@ pub async fn echo_round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + U
     Ok(back)
 }
 
+/// Waits (in bounded steps) until the wall clock is past `when`: for tests whose condition is
+/// a certificate expiring, where the passing of time is what is under test.
+pub async fn wait_until(when: std::time::SystemTime) {
+    for _ in 0..600 {
+        if std::time::SystemTime::now() > when {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the clock did not reach {when:?} within a minute");
+}
+
+/// Waits for the daemon to refuse a resumed session whose certificate expired, and checks it said so.
+pub fn refused_as_expired_resumption(daemon: &Daemon) {
+    let refused = daemon.refused("cert_expired");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("resumed session: certificate"),
+        "{refused}"
+    );
+}
+
 /// Whether a connection that the daemon should refuse yields no application data.
 ///
 /// With TLS 1.3 the client's handshake can finish before the server has judged

@@ -136,7 +136,7 @@ impl Engine {
 
     /// Loads a private key the engine knows by `key_id` (for `pkcs11`, an RFC 7512 URI).
     pub(crate) fn load_private_key(&self, key_id: &str) -> Result<PKey<Private>, Error> {
-        let display = key_id.split('?').next().unwrap_or(key_id);
+        let display = crate::key_ref::shown(key_id);
         let c_key = c_string(&self.id, "the key id", key_id)?;
         // SAFETY: self.ptr is an initialised engine; c_key is valid for the
         // call; null UI method and callback data ask the engine to use the PIN

@@ -147,7 +147,7 @@ impl OpensslBackend {
 
     /// Loads a key by an engine-specific id with `ENGINE_load_private_key`.
     pub fn load_engine_key(&self, key_id: &str) -> Result<OpensslKey, Error> {
-        let display = key_id.split('?').next().unwrap_or(key_id).to_owned();
+        let display = crate::key_ref::shown(key_id).to_owned();
         let Some(engine) = &self.engine else {
             return Err(Error::UnsupportedKeyRef {
                 backend: "openssl",

@@ -27,7 +27,7 @@ pub struct Pkcs11Uri {
 impl Pkcs11Uri {
     /// Parses a `pkcs11:` URI naming a private key; refuses `pin-value` and non-private `type=`.
     pub fn parse(uri: &str) -> Result<Self, Error> {
-        let display = uri.split('?').next().unwrap_or(uri).to_owned();
+        let display = crate::key_ref::shown(uri).to_owned();
         let fail = |reason: String| Error::InvalidPkcs11Uri {
             uri: display.clone(),
             reason,

@@ -143,3 +143,53 @@ impl Default for Limits {
         }
     }
 }
+
+/// Splits `host:port` (an IPv6 host in brackets, returned without them) without resolving
+/// the host; `None` unless the host is non-empty and the port is 1 to 65535.
+pub fn host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    (!host.is_empty() && !host.contains(['[', ']', '/'])).then_some((host, port))
+}
+
+/// What every listener has, inbound or outbound: a name, an address and limits.
+pub trait ListenerCommon {
+    /// Unique listener name, used in logs and metrics.
+    fn name(&self) -> &str;
+    /// The configured listen address (port 0 means "any free port").
+    fn listen(&self) -> SocketAddr;
+    /// The limits in force for it.
+    fn limits(&self) -> &Limits;
+}
+
+impl ListenerCommon for InboundConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+impl ListenerCommon for OutboundConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}

@@ -32,8 +32,8 @@ use duration::as_duration;
 pub use duration::{MAX_DURATION, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
 pub use listeners::{
-    InboundConfig, Limits, MAX_CONNECTIONS, MAX_EARLY_DATA, Mode, OutboundConfig,
-    SessionResumption, Upstream,
+    InboundConfig, Limits, ListenerCommon, MAX_CONNECTIONS, MAX_EARLY_DATA, Mode, OutboundConfig,
+    SessionResumption, Upstream, host_port,
 };
 
 use crate::identity::SpiffeId;

@@ -8,6 +8,15 @@ key = "/etc/mtlsd/svid.key"
 bundle = "/etc/mtlsd/bundle.pem"
 "#;
 
+/// The smallest listener table, for tests about other sections (a config needs one).
+const ONE_LISTENER: &str = r#"
+[[outbound]]
+name = "out"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5:15443"
+server_id = "spiffe://example.org/web"
+"#;
+
 fn parse(body: &str) -> Result<Config, ConfigError> {
     Config::parse(&format!("{IDENTITY}{body}"), "mtlsd.toml")
 }
@@ -280,13 +289,10 @@ max_in_flight = 1000000000
 max_connections = 0
 max_handshakes = 100000000000
 idle_timeout = "99999999d"
-
-[[outbound]]
-name = "out"
-listen = "127.0.0.1:15001"
-connect = "10.0.0.5:15443"
-server_id = "spiffe://example.org/web"
-"#;
+"#
+    .to_owned()
+        + ONE_LISTENER;
+    let body = body.as_str();
     let got = problems(body);
     let expect = [
         (
@@ -323,18 +329,9 @@ server_id = "spiffe://example.org/web"
 
 #[test]
 fn a_session_cache_of_the_largest_allowed_size_is_accepted() {
-    let c = parse(
-        r#"
-[resumption]
-session_cache_size = 1000000
-
-[[outbound]]
-name = "out"
-listen = "127.0.0.1:15001"
-connect = "10.0.0.5:15443"
-server_id = "spiffe://example.org/web"
-"#,
-    )
+    let c = parse(&format!(
+        "[resumption]\nsession_cache_size = 1000000\n{ONE_LISTENER}"
+    ))
     .unwrap();
     assert_eq!(c.resumption.session_cache_size, MAX_SESSION_CACHE);
 }
@@ -345,13 +342,10 @@ fn the_openssl_backend_is_refused_where_it_is_not_built_in() {
     let body = r#"
 [crypto]
 backend = "openssl"
-
-[[outbound]]
-name = "out"
-listen = "127.0.0.1:15001"
-connect = "10.0.0.5:15443"
-server_id = "spiffe://example.org/web"
-"#;
+"#
+    .to_owned()
+        + ONE_LISTENER;
+    let body = body.as_str();
     let p = problems(body);
     assert_eq!(
         p,
@@ -361,4 +355,20 @@ server_id = "spiffe://example.org/web"
             line_of(body, "backend =")
         )]
     );
+}
+
+#[test]
+fn host_port_is_split_once_for_validation_and_for_the_server_name() {
+    assert_eq!(host_port("[::1]:8080"), Some(("::1", 8080)));
+    assert_eq!(host_port("web.internal:443"), Some(("web.internal", 443)));
+    for bad in [
+        "web.internal",
+        "web:0",
+        ":80",
+        "a/b:80",
+        "[::1]]:80",
+        "web:65536",
+    ] {
+        assert_eq!(host_port(bad), None, "{bad}");
+    }
 }

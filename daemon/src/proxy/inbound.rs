@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::{StartHandshake, TlsStream};
 
 use super::early_tls::EarlyTlsStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
@@ -194,7 +195,7 @@ impl Inbound {
                 }
             };
             // Returns once early data is here, so it is forwarded without waiting a round trip.
-            PeerTls::Early(Box::new(
+            Either::Right(Box::new(
                 EarlyTlsStream::accept(stream, conn)
                     .await
                     .map_err(|e| refuse(e, true))?,
@@ -203,7 +204,7 @@ impl Inbound {
             let accept = StartHandshake::from_parts(hello.accepted, stream)
                 .into_stream_with(config, |_| past_hello = true);
             let result = accept.await;
-            PeerTls::Rustls(Box::new(result.map_err(|e| refuse(e, past_hello))?))
+            Either::Left(Box::new(result.map_err(|e| refuse(e, past_hello))?))
         };
         let early = tls.take_early_data();
         let resumed = tls.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
@@ -384,24 +385,28 @@ async fn starts_with_tls(stream: &TcpStream) -> Result<bool, Refusal> {
 }
 
 /// The peer's TLS stream: tokio-rustls, or the early-data stream on 0-RTT listeners.
-enum PeerTls {
-    Rustls(Box<TlsStream<TcpStream>>),
-    Early(Box<EarlyTlsStream>),
+type PeerTls = Either<Box<TlsStream<TcpStream>>, Box<EarlyTlsStream>>;
+
+/// What the proxy asks of the peer's TLS stream beyond reading and writing.
+trait PeerSession {
+    /// The rustls connection (peer certificates, handshake kind, protocol version).
+    fn connection(&self) -> &rustls::ServerConnection;
+    /// Early data received so far (none unless this listener accepts 0-RTT).
+    fn take_early_data(&mut self) -> Vec<u8>;
 }
 
-impl PeerTls {
+impl PeerSession for PeerTls {
     fn connection(&self) -> &rustls::ServerConnection {
         match self {
-            Self::Rustls(s) => s.get_ref().1,
-            Self::Early(s) => s.connection(),
+            Either::Left(s) => s.get_ref().1,
+            Either::Right(s) => s.connection(),
         }
     }
 
-    /// Early data received so far (none unless this listener accepts 0-RTT).
     fn take_early_data(&mut self) -> Vec<u8> {
         match self {
-            Self::Rustls(_) => Vec::new(),
-            Self::Early(s) => s.take_early_data(),
+            Either::Left(_) => Vec::new(),
+            Either::Right(s) => s.take_early_data(),
         }
     }
 }
@@ -409,54 +414,8 @@ impl PeerTls {
 impl TlsQueue for PeerTls {
     fn release_queued(&mut self) -> bool {
         match self {
-            Self::Rustls(s) => release_queued(s.get_mut().1),
-            Self::Early(s) => release_queued(s.connection_mut()),
-        }
-    }
-}
-
-impl AsyncRead for PeerTls {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for PeerTls {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Rustls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-            Self::Early(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Either::Left(s) => release_queued(s.get_mut().1),
+            Either::Right(s) => release_queued(s.connection_mut()),
         }
     }
 }

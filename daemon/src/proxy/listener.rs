@@ -13,6 +13,7 @@ use super::outcome::log_outcome;
 use super::route_state::RouteState;
 use super::{Drain, Outcome, Refusal, RefuseReason};
 use crate::accept::AcceptErrors;
+use crate::config::ListenerCommon;
 use crate::metrics::{Direction, ListenerMetrics};
 
 /// What a listener does with the connections it accepts.
@@ -27,9 +28,14 @@ pub enum Route {
 impl Route {
     /// The listener's configured name.
     pub fn name(&self) -> &str {
+        self.common().name()
+    }
+
+    /// The configuration both directions share: name, address, limits.
+    pub fn common(&self) -> &dyn ListenerCommon {
         match self {
-            Self::Inbound(i) => &i.config().name,
-            Self::Outbound(o) => &o.config().name,
+            Self::Inbound(i) => i.config(),
+            Self::Outbound(o) => o.config(),
         }
     }
 
@@ -43,10 +49,7 @@ impl Route {
 
     /// The configured listen address (port 0 means "any free port").
     pub fn listen(&self) -> SocketAddr {
-        match self {
-            Self::Inbound(i) => i.config().listen,
-            Self::Outbound(o) => o.config().listen,
-        }
+        self.common().listen()
     }
 
     fn state(&self) -> &RouteState {
@@ -58,10 +61,7 @@ impl Route {
 
     /// The configured `max_connections`.
     pub fn max_connections(&self) -> usize {
-        match self {
-            Self::Inbound(i) => i.config().limits.max_connections,
-            Self::Outbound(o) => o.config().limits.max_connections,
-        }
+        self.common().limits().max_connections
     }
 
     fn metrics(&self) -> &ListenerMetrics {

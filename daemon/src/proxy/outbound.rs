@@ -43,11 +43,8 @@ impl Outbound {
         metrics: ListenerMetrics,
     ) -> Result<Self, rustls::Error> {
         // SNI only; the server is identified by its SPIFFE ID, not its name.
-        let host = config
-            .connect
-            .rsplit_once(':')
-            .map_or(config.connect.as_str(), |(h, _)| h);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host =
+            crate::config::host_port(&config.connect).map_or(config.connect.as_str(), |(h, _)| h);
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| rustls::Error::General(format!("{}: {e}", config.connect)))?;
         Ok(Self {

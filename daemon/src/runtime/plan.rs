@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, InboundConfig, OutboundConfig};
+use crate::config::{Config, InboundConfig, ListenerCommon, OutboundConfig};
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::inbound::Inbound;
 use crate::proxy::listener::Route;
@@ -101,9 +101,13 @@ impl ListenerConfig {
     }
 
     pub(super) fn name(&self) -> &str {
+        self.common().name()
+    }
+
+    fn common(&self) -> &dyn ListenerCommon {
         match self {
-            Self::Inbound(c) => &c.name,
-            Self::Outbound(c) => &c.name,
+            Self::Inbound(c) => c,
+            Self::Outbound(c) => c,
         }
     }
 
@@ -115,10 +119,7 @@ impl ListenerConfig {
     }
 
     pub(super) fn listen(&self) -> SocketAddr {
-        match self {
-            Self::Inbound(c) => c.listen,
-            Self::Outbound(c) => c.listen,
-        }
+        self.common().listen()
     }
 
     /// Builds the route.

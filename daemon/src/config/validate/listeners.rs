@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::super::raw::{RawConfig, RawInbound, RawLimits, RawOutbound, S};
 use super::super::{
     InboundConfig, Limits, MAX_CONNECTIONS, MAX_EARLY_DATA, Mode, OutboundConfig,
-    SessionResumption, Upstream,
+    SessionResumption, Upstream, host_port,
 };
 use super::{Validator, count_up_to, nonzero_duration};
 use crate::identity::SpiffeId;
@@ -280,23 +280,11 @@ impl Validator<'_> {
 
 /// Checks `host:port` (IPv6 hosts in brackets) without resolving the host.
 fn parse_host_port(s: &str) -> Result<(), String> {
-    let bad = || {
+    host_port(s).map(drop).ok_or_else(|| {
         format!(
             "{s:?} is not host:port (e.g. \"127.0.0.1:8080\", \"[::1]:8080\" or \"web.internal:8080\")"
         )
-    };
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty()
-        || host.contains(['[', ']', '/'])
-        || port.parse::<u16>().map_or(true, |p| p == 0)
-    {
-        return Err(bad());
-    }
-    Ok(())
+    })
 }
 
 /// An inbound `forward`: `unix:/absolute/path` or `host:port`.
