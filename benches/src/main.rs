@@ -12,6 +12,7 @@
 
 mod chart;
 mod contender;
+mod flood;
 mod rtt;
 mod soak;
 mod workload;
@@ -100,9 +101,19 @@ struct Args {
     /// Do not run anything: read a JSON report written earlier, print its tables (and charts).
     #[arg(long)]
     render: Option<PathBuf>,
-    /// The halves of scripts/soak (against an mtlsd started elsewhere) instead of the comparison.
+    /// A single measurement instead of the comparison.
     #[command(subcommand)]
-    soak: Option<soak::Command>,
+    soak: Option<Sub>,
+}
+
+/// Measurements other than the peer comparison.
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// The halves of scripts/soak (against an mtlsd started elsewhere).
+    #[command(flatten)]
+    Soak(soak::Command),
+    /// Good handshakes while clients trickle their ClientHello (starts its own mtlsd).
+    Flood(flood::Args),
 }
 
 impl Args {
@@ -200,7 +211,11 @@ fn resolve_contenders(list: &str) -> Result<Vec<Spec>, String> {
 async fn main() {
     let mut args = Args::parse();
     if let Some(command) = args.soak.take() {
-        if let Err(e) = soak::run(command).await {
+        let result = match command {
+            Sub::Soak(command) => soak::run(command).await,
+            Sub::Flood(args) => flood::run(args).await,
+        };
+        if let Err(e) = result {
             eprintln!("mtlsd-bench: {e}");
             std::process::exit(1);
         }
