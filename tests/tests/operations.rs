@@ -381,3 +381,50 @@ async fn a_listener_takes_its_socket_from_systemd_socket_activate_by_name() {
         .unwrap();
     assert_eq!(echo_round_trip(&mut tls, b"bound").await.unwrap(), b"bound");
 }
+
+/// A socket systemd passes under a name no listener has is a configuration mistake whose
+/// clients would hang: it is logged as an error and keeps /ready at 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passed_socket_that_no_listener_serves_is_an_error_and_not_ready() {
+    let pki = Pki::new("example.org");
+    let upstream = echo_upstream().await;
+    let config = write_config(
+        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
+            + "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+            + &pki.inbound("web", upstream.addr, "")),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut launcher = Command::new("systemd-socket-activate");
+    launcher
+        .args(["-l", &addr.to_string(), "--fdname=public"])
+        .arg(mtlsd_bin())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config.path());
+    let daemon = Daemon::spawn_command(launcher, config);
+    daemon.wait_for_log("launcher listening", |l| {
+        l["raw"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(&format!("Listening on {addr}")))
+    });
+    // The first connection starts mtlsd; nobody will ever answer it.
+    let _waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let unclaimed = daemon.wait_for_log("unclaimed socket", |l| {
+        l["level"] == "ERROR" && l["fd_name"] == "public"
+    });
+    assert_eq!(unclaimed["listeners"], "[\"web\"]", "{unclaimed}");
+    daemon.wait_for_log("ready", |l| l["message"] == "ready");
+    let admin = daemon.admin_addr();
+    let (status, body) = tokio::task::spawn_blocking(move || admin_request(admin, "/ready", None))
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("\"public\" that no listener serves"),
+        "{body}"
+    );
+}

@@ -131,7 +131,7 @@ fn systemd_analyze_accepts_the_units() {
     let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
     for unit in ["mtlsd.service", "mtlsd.socket"] {
         let text = std::fs::read_to_string(units.join(unit)).unwrap();
-        let text = text.replace("/usr/local/bin/mtlsd", mtlsd_bin().to_str().unwrap());
+        let text = text.replace("/usr/bin/mtlsd", mtlsd_bin().to_str().unwrap());
         std::fs::write(dir.path().join(unit), text).unwrap();
     }
     let out = std::process::Command::new("systemd-analyze")

@@ -158,7 +158,10 @@ impl Daemon {
         daemon.apply(config, tls, backend).await?;
         let backend = backend_name;
         for name in daemon.activated.keys() {
-            warn!(fd_name = %name, "socket-activated fd matches no listener name; it stays unused");
+            let listeners: Vec<_> = daemon.running.iter().map(Running::name).collect();
+            error!(fd_name = %name, ?listeners,
+                "systemd passed a socket that no listener serves: its clients will never be \
+                 answered; name a listener after FileDescriptorName= (/ready reports 503 until then)");
         }
         info!(identity = %daemon.status.snapshot().identity, backend, "ready");
         Ok(daemon)
@@ -319,6 +322,8 @@ impl Daemon {
         let snapshot = snapshot(&config, &tls, backend_name, listeners);
         self.metrics.set_certificates(&expiries(&snapshot));
         self.status.replace(snapshot);
+        self.status
+            .set_unclaimed_sockets(self.activated.keys().cloned().collect());
         self.grace = config.shutdown_grace;
         Ok(summary)
     }

@@ -53,6 +53,8 @@ pub struct Snapshot {
 pub struct Status {
     current: RwLock<Arc<Snapshot>>,
     draining: AtomicBool,
+    /// Names of sockets systemd passed that no listener serves.
+    unclaimed_sockets: RwLock<Vec<String>>,
 }
 
 impl Status {
@@ -61,12 +63,22 @@ impl Status {
         Self {
             current: RwLock::new(Arc::new(snapshot)),
             draining: AtomicBool::new(false),
+            unclaimed_sockets: RwLock::default(),
         }
     }
 
     /// Shows `snapshot` from now on (a reload committed).
     pub(super) fn replace(&self, snapshot: Snapshot) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// Records the passed sockets no listener serves: `/ready` is 503 while there are any,
+    /// because their clients queue and are never answered.
+    pub(super) fn set_unclaimed_sockets(&self, names: Vec<String>) {
+        *self
+            .unclaimed_sockets
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = names;
     }
 
     /// Marks the daemon as shutting down: `/ready` turns 503.
@@ -110,6 +122,17 @@ impl Status {
         let mut problems = Vec::new();
         if self.draining.load(Ordering::Relaxed) {
             problems.push("shutting down: draining connections".to_owned());
+        }
+        for name in self
+            .unclaimed_sockets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            problems.push(format!(
+                "systemd passed a socket named {name:?} that no listener serves: its clients are \
+                 never answered; name a listener {name:?} or fix FileDescriptorName="
+            ));
         }
         let snapshot = self.snapshot();
         if let Some(leaf) = snapshot.chain.first()
