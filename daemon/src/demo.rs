@@ -10,12 +10,13 @@
 //! The demo service answers every HTTP request with the caller's verified
 //! SPIFFE ID, which it reads from the PROXY protocol header, never from a certificate.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::ca::{Authority, CaError, LeafSpec};
 use crate::config::{
@@ -28,12 +29,12 @@ use crate::proxy::proxy_protocol::TLV_SPIFFE_ID;
 
 /// The demo's trust domain.
 pub const TRUST_DOMAIN: &str = "mtlsd.demo";
-/// Where the demo's inbound listener accepts mTLS.
-pub const INBOUND_ADDR: &str = "127.0.0.1:15443";
-/// Where the demo's outbound listener accepts plaintext.
-pub const OUTBOUND_ADDR: &str = "127.0.0.1:15001";
-/// Where the demo's admin endpoint listens.
-pub const ADMIN_ADDR: &str = "127.0.0.1:15900";
+/// The demo's preferred ports: inbound mTLS, outbound plaintext, admin.
+pub const DEFAULT_PORTS: DemoPorts = DemoPorts {
+    inbound: 15443,
+    outbound: 15001,
+    admin: 15900,
+};
 const SVID_TTL: Duration = Duration::from_secs(24 * 3600);
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -49,6 +50,48 @@ pub fn default_state_dir() -> PathBuf {
     base.join("mtlsd")
 }
 
+/// The loopback ports the demo listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoPorts {
+    /// The inbound listener (mTLS).
+    pub inbound: u16,
+    /// The outbound listener (plaintext from local clients).
+    pub outbound: u16,
+    /// The admin endpoint.
+    pub admin: u16,
+}
+
+impl DemoPorts {
+    /// The default ports, each replaced by a free one when something else holds it.
+    ///
+    /// Checked before the demo creates anything, so a busy port never leaves a
+    /// half-made demo behind; the ports chosen are logged and kept for reloads.
+    pub fn choose() -> std::io::Result<Self> {
+        let pick = |preferred: u16| -> std::io::Result<u16> {
+            if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, preferred)).is_ok() {
+                return Ok(preferred);
+            }
+            let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port();
+            warn!(
+                preferred,
+                port, "demo port in use; using a free one instead"
+            );
+            Ok(port)
+        };
+        Ok(Self {
+            inbound: pick(DEFAULT_PORTS.inbound)?,
+            outbound: pick(DEFAULT_PORTS.outbound)?,
+            admin: pick(DEFAULT_PORTS.admin)?,
+        })
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+}
+
 /// Files the demo wrote, for the instructions it prints.
 #[derive(Debug)]
 pub struct DemoFiles {
@@ -60,10 +103,12 @@ pub struct DemoFiles {
     pub client_key: PathBuf,
     /// The demo service's socket.
     pub upstream_socket: PathBuf,
+    /// Where the demo listens.
+    pub ports: DemoPorts,
 }
 
 /// Creates (or reuses) the demo CA, issues fresh SVIDs and returns the demo's config.
-pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
+pub fn prepare(state_dir: &Path, ports: DemoPorts) -> Result<(Config, DemoFiles), CaError> {
     let ca_dir = state_dir.join("ca");
     let ca = if ca_dir.join("root.pem").exists() {
         Authority::open(&ca_dir)?
@@ -84,6 +129,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
         client_cert: state_dir.join("curl.pem"),
         client_key: state_dir.join("curl.key"),
         upstream_socket: state_dir.join("demo-service.sock"),
+        ports,
     };
     ca.issue(&LeafSpec::new(curl_id.clone(), SVID_TTL))?
         .write(&files.client_cert, &files.client_key)?;
@@ -104,7 +150,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
         crypto: CryptoConfig::default(),
         inbound: vec![InboundConfig {
             name: "demo-inbound".into(),
-            listen: INBOUND_ADDR.parse().expect("valid address"),
+            listen: DemoPorts::addr(ports.inbound),
             forward: Upstream::Unix(files.upstream_socket.clone()),
             mode: Mode::Strict,
             policy: Policy {
@@ -121,8 +167,8 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
         }],
         outbound: vec![OutboundConfig {
             name: "demo-outbound".into(),
-            listen: OUTBOUND_ADDR.parse().expect("valid address"),
-            connect: INBOUND_ADDR.into(),
+            listen: DemoPorts::addr(ports.outbound),
+            connect: DemoPorts::addr(ports.inbound).to_string(),
             server_id: daemon_id,
             resumption: true,
             early_data: false,
@@ -130,7 +176,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
         }],
         shutdown_grace: Duration::from_secs(5),
         admin: Some(AdminConfig {
-            listen: ADMIN_ADDR.parse().expect("valid address"),
+            listen: DemoPorts::addr(ports.admin),
         }),
         resumption: ResumptionConfig::default(),
     };
@@ -139,22 +185,27 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, DemoFiles), CaError> {
 
 /// Logs how to try the demo.
 pub fn log_instructions(files: &DemoFiles) {
+    let DemoPorts {
+        inbound,
+        outbound,
+        admin,
+    } = files.ports;
     info!("demo ready. Through the outbound listener (plaintext in, mTLS out):");
-    info!("    curl http://{OUTBOUND_ADDR}/");
+    info!("    curl http://127.0.0.1:{outbound}/");
     info!("straight to the inbound listener with curl's own client certificate:");
     info!(
-        "    curl --cacert {} --cert {} --key {} https://localhost:15443/",
+        "    curl --cacert {} --cert {} --key {} https://localhost:{inbound}/",
         files.bundle.display(),
         files.client_cert.display(),
         files.client_key.display()
     );
     info!("without a certificate the handshake is refused:");
     info!(
-        "    curl --cacert {} https://localhost:15443/",
+        "    curl --cacert {} https://localhost:{inbound}/",
         files.bundle.display()
     );
     info!("what the daemon is doing (also /ready, /certs, /config, /logging):");
-    info!("    curl http://{ADMIN_ADDR}/metrics");
+    info!("    curl http://127.0.0.1:{admin}/metrics");
 }
 
 /// Starts the demo service on a Unix socket; it answers with the caller's SPIFFE ID.

@@ -73,10 +73,18 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    fn load(&self) -> Result<Config, SupervisorError> {
-        match self {
-            Self::File(path) => Ok(Config::load(path)?),
-            Self::Demo(dir) => Ok(demo::prepare(dir).map_err(SupervisorError::Demo)?.0),
+    /// The config, and for the demo the files it made; `ports` are the demo's, chosen once.
+    fn load(
+        &self,
+        ports: Option<demo::DemoPorts>,
+    ) -> Result<(Config, Option<demo::DemoFiles>), SupervisorError> {
+        match (self, ports) {
+            (Self::File(path), _) => Ok((Config::load(path)?, None)),
+            (Self::Demo(dir), Some(ports)) => {
+                let (config, files) = demo::prepare(dir, ports).map_err(SupervisorError::Demo)?;
+                Ok((config, Some(files)))
+            }
+            (Self::Demo(_), None) => unreachable!("the demo's ports are chosen at start"),
         }
     }
 }
@@ -106,6 +114,8 @@ struct Signals {
 /// A started daemon and everything that keeps it running.
 pub struct Supervisor {
     source: ConfigSource,
+    /// The demo's ports, chosen once so reloads keep them.
+    demo_ports: Option<demo::DemoPorts>,
     daemon: Daemon,
     admin_config: Option<AdminConfig>,
     stop_admin: CancellationToken,
@@ -131,20 +141,22 @@ impl Supervisor {
             int: signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?,
             hup: signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?,
         };
-        let (config, demo_files) = match &source {
-            ConfigSource::File(path) => (Config::load(path)?, None),
+        let demo_ports = match &source {
+            ConfigSource::File(_) => None,
             ConfigSource::Demo(dir) => {
                 info!(state_dir = %dir.display(), "no --config given: starting the embedded demo");
-                let (config, files) = demo::prepare(dir).map_err(SupervisorError::Demo)?;
-                demo::serve_upstream(&files.upstream_socket)
-                    .await
-                    .map_err(io(format!(
-                        "starting the demo service on {}",
-                        files.upstream_socket.display()
-                    )))?;
-                (config, Some(files))
+                Some(demo::DemoPorts::choose().map_err(io("choosing the demo's ports"))?)
             }
         };
+        let (config, demo_files) = source.load(demo_ports)?;
+        if let Some(files) = &demo_files {
+            demo::serve_upstream(&files.upstream_socket)
+                .await
+                .map_err(io(format!(
+                    "starting the demo service on {}",
+                    files.upstream_socket.display()
+                )))?;
+        }
         log_descriptor_budget(&config);
         let activated = systemd::take_listen_fds()?;
         let admin_config = config.admin.clone();
@@ -175,6 +187,7 @@ impl Supervisor {
         let notifier = Notifier::from_env().map(Arc::new);
         let supervisor = Self {
             source,
+            demo_ports,
             watch: FileWatch::new(daemon.watched_files()),
             renew_at: daemon.renew_at(),
             daemon,
@@ -257,8 +270,8 @@ impl Supervisor {
                 if let Some(n) = &self.notifier {
                     n.reloading();
                 }
-                match self.source.load() {
-                    Ok(config) => {
+                match self.source.load(self.demo_ports) {
+                    Ok((config, _)) => {
                         if config.admin != self.admin_config {
                             warn!(
                                 "admin.listen changed; the admin endpoint keeps its address until restart"

@@ -235,23 +235,31 @@ fn ca_commands_make_a_chain_that_openssl_verifies() {
     assert!(!out.status.success());
 }
 
-/// The README's first command: `mtlsd run` with no config serves the demo that curl can reach.
+/// The README's first command: `mtlsd run` with no config serves the demo that curl can
+/// reach, on its default ports, or on free ones it prints when a default port is taken.
 #[test]
-fn the_embedded_demo_serves_curl_through_both_listeners() {
+fn the_embedded_demo_serves_curl_through_both_listeners_even_when_a_port_is_taken() {
+    // Hold the demo's inbound port, as another program might (it may be held already).
+    let _taken = std::net::TcpListener::bind("127.0.0.1:15443");
     let state = tempfile::tempdir().unwrap();
     let placeholder = tempfile::NamedTempFile::new().unwrap();
     let daemon = Daemon::spawn(
         &["run", "--state-dir", state.path().to_str().unwrap()],
         placeholder,
     );
+    let moved = daemon.wait_for_log("inbound port moved", |l| {
+        l["message"] == "demo port in use; using a free one instead" && l["preferred"] == 15443
+    });
+    let (inbound, outbound) = (daemon.addr("demo-inbound"), daemon.addr("demo-outbound"));
+    assert_eq!(moved["port"], inbound.port());
     daemon.wait_for_log("instructions", |l| {
         l["message"]
             .as_str()
-            .is_some_and(|m| m.contains("curl http://127.0.0.1:15001/"))
+            .is_some_and(|m| m.contains(&format!("curl http://{outbound}/")))
     });
 
-    let body =
-        run_ok(Command::new("curl").args(["-sS", "--max-time", "20", "http://127.0.0.1:15001/"]));
+    let url = format!("http://{outbound}/");
+    let body = run_ok(Command::new("curl").args(["-sS", "--max-time", "20", &url]));
     assert!(body.starts_with("hello spiffe://mtlsd.demo/demo/mtlsd\n"));
 
     let s = state.path();
@@ -259,10 +267,6 @@ fn the_embedded_demo_serves_curl_through_both_listeners() {
         cert: s.join("curl.pem"),
         key: s.join("curl.key"),
     };
-    let body = curl_https(
-        "127.0.0.1:15443".parse().unwrap(),
-        &s.join("ca/bundle.pem"),
-        &curl,
-    );
+    let body = curl_https(inbound, &s.join("ca/bundle.pem"), &curl);
     assert!(body.starts_with("hello spiffe://mtlsd.demo/demo/curl\n"));
 }
