@@ -185,3 +185,64 @@ async fn unauthorized_peers_are_refused_with_distinct_reasons_and_never_reach_th
         "a refused peer reached the upstream"
     );
 }
+
+/// A peer the policy refuses hears it as a TLS `access_denied` alert: curl says so instead of
+/// "Empty reply from server", and an outbound route logs the remote's refusal as `peer_alert`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_refusal_is_an_access_denied_alert_that_curl_and_outbound_report() {
+    let pki = Pki::new(TD);
+    let upstream = http_upstream("ok\n").await;
+    let server = pki.start_daemon(&format!(
+        "\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nforward = \"{}\"\n\
+         allow = [\"spiffe://{TD}/frontend\"]\n",
+        upstream.addr
+    ));
+    let addr = server.addr("web");
+    let stranger = pki.issue(&pki.id("/stranger"));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(pki.bundle())
+        .arg("--cert")
+        .arg(&stranger.cert)
+        .arg("--key")
+        .arg(&stranger.key)
+        .arg(format!("https://localhost:{}/", addr.port()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("access denied"), "curl said: {stderr}");
+    let refused = server.refused("not_allowed");
+    assert_eq!(refused["peer_id"], pki.id("/stranger"));
+    assert_eq!(upstream.connections(), 0);
+
+    // The same refusal seen from an outbound route whose identity the remote does not admit.
+    let client_side = Daemon::start(
+        &(identity_toml(&pki, &stranger)
+            + &format!(
+                "\n[[outbound]]\nname = \"to-web\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{addr}\"\n\
+                 server_id = \"{}\"\n",
+                pki.id("/web")
+            )),
+    );
+    let mut local = tokio::net::TcpStream::connect(client_side.addr("to-web"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut local, b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut local, &mut answer).await;
+    assert!(answer.is_empty());
+    let closed = client_side.wait_for_log("outbound closed", |l| {
+        l["message"] == "connection closed" || l["message"] == "connection refused"
+    });
+    assert_eq!(closed["reason"], "peer_alert", "{closed}");
+    assert!(
+        closed["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("AccessDenied"),
+        "{closed}"
+    );
+}

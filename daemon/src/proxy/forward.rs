@@ -43,7 +43,7 @@ where
     let (reason, error) = tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut peer, &mut upstream, BUF_SIZE, BUF_SIZE) => match r {
             Ok(_) => (CloseReason::Completed, None),
-            Err(e) => (CloseReason::Error, Some(e)),
+            Err(e) => (CloseReason::of_error(&e), Some(e)),
         },
         () = activity.idle_for(idle_timeout) => (CloseReason::IdleTimeout, None),
         () = hard_stop.cancelled() => (CloseReason::ShutdownGraceElapsed, None),

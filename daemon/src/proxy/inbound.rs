@@ -8,12 +8,11 @@
 //! splice → "connection closed"
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::{StartHandshake, TlsStream};
 
 use super::early_tls::EarlyTlsStream;
@@ -22,13 +21,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
 use super::outcome::HandshakeKind;
+use super::policy_verifier::PolicyVerifier;
 use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason, client_hello, peer, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
 use crate::identity::{SpiffeId, spiffe_id_of};
 use crate::metrics::ListenerMetrics;
-use crate::policy::{Decision, Peer, UNAUTHENTICATED};
+use crate::policy::{Decision, Peer, Policy, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
+use rustls::server::danger::ClientCertVerifier;
 
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -36,9 +37,12 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// A running inbound listener's shared state.
 pub struct Inbound {
     config: InboundConfig,
-    acceptor: TlsAcceptor,
-    /// On 0-RTT listeners: the config for a client whose early data will be rejected.
-    rejecting: Option<Arc<rustls::ServerConfig>>,
+    /// Our identity, to build each connection's TLS config.
+    tls: TlsIdentity,
+    resumption: ServerResumption,
+    /// Chain and SPIFFE ID checks, built once; each connection adds the policy.
+    verifier: Arc<dyn ClientCertVerifier>,
+    policy: Arc<Policy>,
     state: RouteState,
 }
 
@@ -74,12 +78,14 @@ impl Inbound {
         resumption: &ServerResumption,
         metrics: ListenerMetrics,
     ) -> Result<Self, rustls::Error> {
+        let verifier = tls.client_verifier()?;
+        // Fail at (re)load, not on the first connection, if rustls refuses the config.
+        tls.server_config_with(resumption, verifier.clone())?;
         Ok(Self {
-            acceptor: TlsAcceptor::from(tls.server_config(resumption)?),
-            rejecting: match config.early_data {
-                0 => None,
-                _ => Some(tls.server_config(&ServerResumption::Off)?),
-            },
+            tls: tls.clone(),
+            resumption: resumption.clone(),
+            verifier,
+            policy: Arc::new(config.policy.clone()),
             state: RouteState::new(&config.limits, metrics, tls.revocations.clone()),
             config,
         })
@@ -181,9 +187,20 @@ impl Inbound {
         let refuse = |e: std::io::Error, past_hello: bool| {
             Refusal::new(RefuseReason::of_handshake(&e, !past_hello), e.to_string())
         };
-        let config = self.acceptor.config().clone();
+        let refused = Arc::new(OnceLock::new());
+        let config = self
+            .connection_config(&hello.raw, refused.clone())
+            .map_err(|e| Refusal::new(RefuseReason::TlsError, e.to_string()))?;
+        // A refusal by the policy inside the handshake is logged and counted as one after it.
+        let refuse = |e: std::io::Error, past_hello: bool| match refused.get() {
+            Some(id) => match self.authorize(Peer::Spiffe(id)) {
+                Err(refusal) => refusal.with_peer(id.as_str()),
+                Ok(_) => Refusal::new(RefuseReason::NotAllowed, "refused during the handshake")
+                    .with_peer(id.as_str()),
+            },
+            None => refuse(e, past_hello),
+        };
         let mut tls = if early_listener {
-            let config = self.config_for_early_data(&hello.raw, config);
             let conn = match hello.accepted.into_connection(config) {
                 Ok(conn) => conn,
                 Err((e, mut alert)) => {
@@ -242,31 +259,39 @@ impl Inbound {
         })
     }
 
-    /// On a 0-RTT listener, the config for a ClientHello: when it sends early data for a
-    /// session that is no longer in our cache (a replay, or a restart), rustls will reject
-    /// that data, so it gets the config that can skip all of it and issues no ticket.
-    fn config_for_early_data(
+    /// The TLS config for one connection: its verifier applies the listener's policy and
+    /// notes a refused ID in `refused`.
+    ///
+    /// On a 0-RTT listener, a ClientHello that sends early data for a session no longer in
+    /// our cache (a replay, or one from before a restart) will have that data rejected by
+    /// rustls, so it gets the config without resumption, which can skip all of it and
+    /// issues no ticket.
+    fn connection_config(
         &self,
         raw: &[u8],
-        config: Arc<rustls::ServerConfig>,
-    ) -> Arc<rustls::ServerConfig> {
-        let Some(rejecting) = &self.rejecting else {
-            return config;
-        };
-        match client_hello::offered_early_psks(raw) {
-            Some(ids)
-                if !ids
-                    .iter()
-                    .any(|id| config.session_storage.get(id).is_some()) =>
-            {
-                rejecting.clone()
+        refused: Arc<OnceLock<SpiffeId>>,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let verifier = Arc::new(PolicyVerifier::new(
+            self.verifier.clone(),
+            self.policy.clone(),
+            refused,
+        ));
+        let resumption = match &self.resumption {
+            ServerResumption::Cache { cache, early_data } if *early_data > 0 => {
+                match client_hello::offered_early_psks(raw) {
+                    Some(ids) if !ids.iter().any(|id| cache.get(id).is_some()) => {
+                        &ServerResumption::Off
+                    }
+                    _ => &self.resumption,
+                }
             }
-            _ => config,
-        }
+            other => other,
+        };
+        self.tls.server_config_with(resumption, verifier)
     }
 
     fn authorize(&self, peer: Peer<'_>) -> Result<String, Refusal> {
-        match self.config.policy.authorize(peer) {
+        match self.policy.authorize(peer) {
             Decision::Allow(rule) => {
                 let rule = rule.to_string();
                 self.state.metrics.authorization("allow", &rule);

@@ -8,6 +8,7 @@ pub mod listener;
 pub mod outbound;
 pub mod outcome;
 pub mod peer;
+pub mod policy_verifier;
 pub mod proxy_protocol;
 pub mod route_state;
 

@@ -283,17 +283,29 @@ pub enum CloseReason {
     IdleTimeout,
     /// The shutdown grace period ran out while the connection was still open.
     ShutdownGraceElapsed,
+    /// The TLS peer ended the connection with a fatal alert (outbound: `access_denied` means
+    /// the remote's policy refused our identity).
+    PeerAlert,
     /// A read or write failed on either side.
     Error,
 }
 
 impl CloseReason {
+    /// How a copy loop that failed with `err` ended: a TLS alert from the peer, or an error.
+    pub fn of_error(err: &io::Error) -> Self {
+        match err.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) {
+            Some(TlsError::AlertReceived(_)) => Self::PeerAlert,
+            _ => Self::Error,
+        }
+    }
+
     /// Stable snake_case name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Completed => "completed",
             Self::IdleTimeout => "idle_timeout",
             Self::ShutdownGraceElapsed => "shutdown_grace_elapsed",
+            Self::PeerAlert => "peer_alert",
             Self::Error => "error",
         }
     }

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, ServerConfig};
@@ -138,15 +139,30 @@ impl TlsIdentity {
         &self,
         resumption: &ServerResumption,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        self.server_config_with(resumption, self.client_verifier()?)
+    }
+
+    /// The verifier of client SVIDs: a chain to our bundle and one SPIFFE ID in our trust domain.
+    pub fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
         let verifier = SpiffeClientVerifier::new(
             self.bundle.roots.clone(),
             &self.trust_domain,
             self.provider.clone(),
         )
         .map_err(|e| rustls::Error::General(e.to_string()))?;
+        Ok(Arc::new(verifier))
+    }
+
+    /// Server side with `verifier` deciding which clients are accepted (e.g. one that also
+    /// applies a listener's policy).
+    pub fn server_config_with(
+        &self,
+        resumption: &ServerResumption,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(Arc::new(verifier))
+            .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(
                 self.svid.certified_key.clone(),
             )));
