@@ -16,6 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::identity::{SpiffeId, Svid, load_bundle};
 use mtlsd::policy::{Peer, Policy};
+use mtlsd::proxy::policy_verifier::PolicyVerifier;
 use mtlsd::tls::tickets::{KeySource, Ticketer};
 use mtlsd::tls::{ServerResumption, TlsIdentity};
 use mtlsd_crypto::test_support::handshake_in_memory;
@@ -118,6 +119,23 @@ fn benches(c: &mut Criterion) {
     c.bench_function("policy: 52 rules, last one matches", |b| {
         b.iter(|| black_box(policy.authorize(Peer::Spiffe(black_box(&peer)))))
     });
+
+    // What an inbound connection pays for its own config: the policy inside the handshake.
+    let verifier = server_id.client_verifier().unwrap();
+    let policy = Arc::new(policy);
+    c.bench_function(
+        "per-connection server config with the policy verifier",
+        |b| {
+            b.iter(|| {
+                let verifier = Arc::new(PolicyVerifier::new(
+                    verifier.clone(),
+                    policy.clone(),
+                    Arc::new(std::sync::OnceLock::new()),
+                ));
+                black_box(server_id.server_config_with(&ServerResumption::Off, verifier))
+            })
+        },
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
