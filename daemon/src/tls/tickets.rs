@@ -240,8 +240,8 @@ impl Ticketer {
                 // A stat and a small read; on the blocking pool so a slow disk stalls no handshake.
                 let reread = tokio::task::spawn_blocking(move || ticketer.reread(false));
                 if let Err(e) = reread.await {
-                    error!(error = %e, "session ticket key watcher failed; keys stay as they are");
-                    return;
+                    // A bug while reading must not end the watching: the keys in use stay.
+                    error!(error = %e, "reading the session ticket key file failed; keys stay as they are");
                 }
             }
         });
