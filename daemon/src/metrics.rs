@@ -119,6 +119,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     last_reload: Gauge,
     early_data_bytes: Family<ListenerLabels, Counter>,
+    copy_buffer_bytes: Family<ListenerLabels, Gauge>,
     /// Certificates currently exported, so a rotated one's series can be removed.
     exported_certs: Mutex<Vec<CertLabels>>,
     /// Device keys whose counters are read at scrape time.
@@ -143,6 +144,7 @@ impl Metrics {
             reloads: Family::default(),
             last_reload: Gauge::default(),
             early_data_bytes: Family::default(),
+            copy_buffer_bytes: Family::default(),
             exported_certs: Mutex::new(Vec::new()),
             devices: Arc::default(),
             registry: Registry::default(),
@@ -209,6 +211,11 @@ impl Metrics {
             m.early_data_bytes.clone(),
         );
         registry.register(
+            "copy_buffer_bytes",
+            "Memory held by copy buffers of open connections (idle connections hold none)",
+            m.copy_buffer_bytes.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads, by result (success, failure)",
             m.reloads.clone(),
@@ -243,6 +250,7 @@ impl Metrics {
             to_peer: self.bytes.get_or_create_owned(&flow("to_peer")),
             handshake_seconds: self.handshake_seconds.get_or_create_owned(&labels),
             early_data_bytes: self.early_data_bytes.get_or_create_owned(&labels),
+            buffer_bytes: self.copy_buffer_bytes.get_or_create_owned(&labels),
             labels,
             families: FamilyHandles {
                 connections: self.connections.clone(),
@@ -428,6 +436,8 @@ pub struct ListenerMetrics {
     pub to_peer: Counter,
     handshake_seconds: Histogram,
     early_data_bytes: Counter,
+    /// Bytes of copy buffers allocated now.
+    pub buffer_bytes: Gauge,
     families: FamilyHandles,
 }
 

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::ListenerMetrics;
 pub use crate::proxy::outcome::{CloseReason, Forwarded};
 
-/// Per-direction buffer: one maximum-size TLS record.
+/// Per-direction buffer while bytes flow: one maximum-size TLS record.
 const BUF_SIZE: usize = 16 * 1024;
 
 /// Forwards until both directions finish, the connection idles out, or `hard_stop` fires.
@@ -41,7 +42,7 @@ where
     let mut peer = Metered::new(peer, &activity, &metrics.from_peer);
     let mut upstream = Metered::new(upstream, &activity, &metrics.to_peer);
     let (reason, error) = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut peer, &mut upstream, BUF_SIZE, BUF_SIZE) => match r {
+        r = copy_bidirectional(&mut peer, &mut upstream, &metrics.buffer_bytes) => match r {
             Ok(_) => (CloseReason::Completed, None),
             Err(e) => (CloseReason::of_error(&e), Some(e)),
         },
@@ -54,6 +55,187 @@ where
         reason,
         error,
     }
+}
+
+/// Bytes read when a direction has no buffer: a probe on the stack, so an idle
+/// connection that is woken without data allocates nothing.
+const PROBE_SIZE: usize = 2048;
+
+/// One direction of a copy: a buffer that exists only while bytes are in flight.
+///
+/// tokio's bidirectional copy allocates both buffers when the connection starts and
+/// keeps them until it ends, so an idle connection holds two 16 KiB buffers. Here
+/// a direction reads into a small stack probe while it has no buffer, allocates one
+/// when data arrives, and gives it back as soon as it is empty and the next read
+/// would wait. Otherwise the loop is tokio's: read, write everything out, flush when
+/// the reader has nothing, shut the writer down after EOF.
+struct Half<'m> {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    cap: usize,
+    read_done: bool,
+    need_flush: bool,
+    copied: u64,
+    held: &'m Gauge,
+}
+
+impl<'m> Half<'m> {
+    fn new(held: &'m Gauge) -> Self {
+        Self {
+            buf: None,
+            pos: 0,
+            cap: 0,
+            read_done: false,
+            need_flush: false,
+            copied: 0,
+            held,
+        }
+    }
+
+    fn release(&mut self) {
+        if self.buf.take().is_some() {
+            self.held.dec_by(BUF_SIZE as i64);
+        }
+    }
+
+    /// Reads into the buffer (or the probe, when there is none); `cap` grows by what came.
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<()>> {
+        let n = match &mut self.buf {
+            Some(buf) => {
+                let mut rb = ReadBuf::new(&mut buf[self.cap..]);
+                std::task::ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+                rb.filled().len()
+            }
+            None => {
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE_SIZE];
+                let mut rb = ReadBuf::uninit(&mut probe);
+                std::task::ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+                let got = rb.filled();
+                if !got.is_empty() {
+                    let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
+                    buf[..got.len()].copy_from_slice(got);
+                    self.held.inc_by(BUF_SIZE as i64);
+                    self.buf = Some(buf);
+                }
+                got.len()
+            }
+        };
+        self.cap += n;
+        if n == 0 {
+            self.read_done = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Copies until `reader` ends and everything read is written and flushed.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                self.pos = 0;
+                self.cap = 0;
+                match self.poll_fill(cx, reader) {
+                    Poll::Ready(result) => result?,
+                    Poll::Pending => {
+                        // Nothing to read: flush what was written (the reader may be waiting
+                        // for it), and hold no memory while waiting.
+                        if self.need_flush {
+                            std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        self.release();
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let buf = self.buf.as_deref().unwrap_or_default();
+                let n = std::task::ready!(
+                    Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap])
+                )?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.copied += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                self.release();
+                std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                return Poll::Ready(Ok(self.copied));
+            }
+        }
+    }
+}
+
+impl Drop for Half<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Where one direction of the copy is.
+enum Transfer<'m> {
+    Running(Half<'m>),
+    ShuttingDown(u64),
+    Done(u64),
+}
+
+fn poll_transfer<R, W>(
+    cx: &mut Context<'_>,
+    state: &mut Transfer<'_>,
+    reader: &mut R,
+    writer: &mut W,
+) -> Poll<io::Result<u64>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        match state {
+            Transfer::Running(half) => {
+                let copied = std::task::ready!(half.poll_copy(cx, reader, writer))?;
+                *state = Transfer::ShuttingDown(copied);
+            }
+            Transfer::ShuttingDown(copied) => {
+                // Half-close: EOF one way shuts down writing that way only.
+                std::task::ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                *state = Transfer::Done(*copied);
+            }
+            Transfer::Done(copied) => return Poll::Ready(Ok(*copied)),
+        }
+    }
+}
+
+/// Copies both ways until both directions have ended; `held` counts the buffer bytes in use.
+async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B, held: &Gauge) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a_to_b = Transfer::Running(Half::new(held));
+    let mut b_to_a = Transfer::Running(Half::new(held));
+    std::future::poll_fn(|cx| {
+        let a_done = poll_transfer(cx, &mut a_to_b, a, b)?;
+        let b_done = poll_transfer(cx, &mut b_to_a, b, a)?;
+        let a_copied = std::task::ready!(a_done);
+        let b_copied = std::task::ready!(b_done);
+        Poll::Ready(Ok((a_copied, b_copied)))
+    })
+    .await
 }
 
 /// A TLS stream whose connection may hold records it has not sent yet.
@@ -270,6 +452,60 @@ mod tests {
         assert_eq!(done.reason, CloseReason::IdleTimeout);
         // Paused time is exact: the byte at t=6s moved the deadline to t=16s.
         assert_eq!(start.elapsed().as_secs(), 16);
+    }
+
+    /// Yields (a bounded number of times) until the copy task has caught up and `held` is `want`.
+    async fn settle(held: &Gauge, want: i64) {
+        for _ in 0..1000 {
+            if held.get() == want {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(held.get(), want, "copy buffers held");
+    }
+
+    #[tokio::test]
+    async fn copy_buffers_exist_only_while_bytes_are_in_flight() {
+        let (mut client, peer) = duplex(64 * 1024);
+        let (upstream, mut service) = duplex(64 * 1024);
+        let never = CancellationToken::new();
+        let counted = meters();
+        let held = counted.buffer_bytes.clone();
+        let m = counted.clone();
+        let fwd = tokio::spawn(async move {
+            splice(peer, upstream, Duration::from_secs(60), &never, &m).await
+        });
+        settle(&held, 0).await;
+
+        // A request and its answer: once both are through, nothing is held.
+        client.write_all(b"request").await.unwrap();
+        let mut got = [0u8; 7];
+        service.read_exact(&mut got).await.unwrap();
+        service.write_all(b"answer").await.unwrap();
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        settle(&held, 0).await;
+
+        // A burst the service does not read yet: a buffer holds what cannot move on.
+        let burst = vec![7u8; 200 * 1024];
+        let writer = tokio::spawn(async move {
+            client.write_all(&burst).await.unwrap();
+            client
+        });
+        settle(&held, BUF_SIZE as i64).await;
+        let mut received = vec![0u8; 200 * 1024];
+        service.read_exact(&mut received).await.unwrap();
+        assert!(received.iter().all(|&b| b == 7));
+        let mut client = writer.await.unwrap();
+        settle(&held, 0).await;
+
+        client.shutdown().await.unwrap();
+        service.shutdown().await.unwrap();
+        let done = fwd.await.unwrap();
+        assert_eq!(done.reason, CloseReason::Completed);
+        assert_eq!((done.from_peer, done.to_peer), (7 + 200 * 1024, 6));
+        assert_eq!(held.get(), 0);
     }
 
     #[tokio::test]
