@@ -1,0 +1,4 @@
+//! cargo-fuzz entry point for [`mtlsd_fuzz::early_tls`]; the body is shared with the corpus replay test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mtlsd_fuzz::early_tls(data));
