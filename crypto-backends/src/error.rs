@@ -7,13 +7,12 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// The key file could not be read.
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {cause}")]
     Io {
         /// The file that failed.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
+        /// The OS error (in the message, so not also a `source()`: see ARCHITECTURE.md, Errors).
+        cause: io::Error,
     },
     /// The key file is readable or writable by users who must not have it.
     #[error(
@@ -74,13 +73,12 @@ pub enum Error {
     },
     /// A PKCS#11 module could not be loaded or initialised.
     #[cfg(feature = "pkcs11")]
-    #[error("cannot load PKCS#11 module {module}: {source}")]
+    #[error("cannot load PKCS#11 module {module}: {cause}")]
     Pkcs11Module {
         /// The shared library path.
         module: PathBuf,
         /// What cryptoki reported.
-        #[source]
-        source: cryptoki::error::Error,
+        cause: cryptoki::error::Error,
     },
     /// No slot holds a token matching the key reference.
     #[error("no PKCS#11 token {token} in module {module}")]
@@ -100,15 +98,14 @@ pub enum Error {
     },
     /// A PKCS#11 call failed.
     #[cfg(feature = "pkcs11")]
-    #[error("PKCS#11 {operation} on token {token} failed: {source}")]
+    #[error("PKCS#11 {operation} on token {token} failed: {cause}")]
     Pkcs11 {
         /// What we were doing (`"C_Login"`, `"sign with pkcs11:…"`).
         operation: String,
         /// The token concerned.
         token: String,
         /// What cryptoki reported.
-        #[source]
-        source: cryptoki::error::Error,
+        cause: cryptoki::error::Error,
     },
     /// Every pooled session to a token stayed busy for the whole checkout timeout.
     #[error(
@@ -125,13 +122,12 @@ pub enum Error {
     },
     /// An OpenSSL call failed.
     #[cfg(feature = "openssl")]
-    #[error("OpenSSL {operation} failed: {source}")]
+    #[error("OpenSSL {operation} failed: {cause}")]
     Openssl {
         /// What we were doing, naming the engine, provider or key concerned.
         operation: String,
         /// OpenSSL's error queue.
-        #[source]
-        source: openssl::error::ErrorStack,
+        cause: openssl::error::ErrorStack,
     },
     /// An OpenSSL ENGINE could not be loaded, configured or initialised.
     #[error("OpenSSL engine {engine}: {reason}")]

@@ -18,9 +18,9 @@ pub const MAX_SECRET_FILE: u64 = 1 << 20;
 /// World access of any kind, or a group that may rewrite the file, is refused;
 /// group read stays allowed for the Debian `ssl-cert` convention.
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let io_err = |source| Error::Io {
+    let io_err = |cause| Error::Io {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let file = fs::File::open(path).map_err(io_err)?;
     let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o7777;
@@ -37,7 +37,7 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     if bytes.len() as u64 > MAX_SECRET_FILE {
         return Err(Error::Io {
             path: path.to_owned(),
-            source: std::io::Error::new(
+            cause: std::io::Error::new(
                 std::io::ErrorKind::FileTooLarge,
                 format!("larger than {MAX_SECRET_FILE} bytes; this is not a key file"),
             ),

@@ -131,8 +131,11 @@ pub fn prepare(state_dir: &Path, ports: DemoPorts) -> Result<(Config, DemoFiles)
         upstream_socket: state_dir.join("demo-service.sock"),
         ports,
     };
-    ca.issue(&LeafSpec::new(curl_id.clone(), SVID_TTL))?
-        .write(&files.client_cert, &files.client_key)?;
+    ca.issue_to_files(
+        &LeafSpec::new(curl_id.clone(), SVID_TTL),
+        &files.client_cert,
+        &files.client_key,
+    )?;
 
     let config = Config {
         // The daemon issues its own SVID from the CA at start and renews it at half-life.

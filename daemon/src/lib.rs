@@ -10,6 +10,7 @@
 pub mod accept;
 pub mod admin;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod files;

@@ -1,17 +1,19 @@
 //! The `mtlsd` command: run the daemon, check a config, or operate the built-in CA.
+//!
+//! The command line itself is declared in [`mtlsd::cli`]; this file dispatches it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use mtlsd::admin::LogControl;
 use mtlsd::ca::{Authority, LeafSpec, Revoke};
-use mtlsd::config::{Config, parse_duration};
+use mtlsd::cli::{CaCommand, Cli, Command, HsmRoot, LogFormat, TicketKeysCommand};
+use mtlsd::config::Config;
 use mtlsd::demo;
-use mtlsd::identity::SpiffeId;
+use mtlsd::identity::{SpiffeId, rfc3339};
 use mtlsd::runtime::check_identity;
 use mtlsd::supervisor::{ConfigSource, Supervisor};
 use mtlsd::tls::tickets;
@@ -19,160 +21,6 @@ use tracing::{error, info};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{Registry, reload};
-
-#[derive(Parser)]
-#[command(
-    name = "mtlsd",
-    version,
-    about = "Host-level mTLS termination with SPIFFE identities"
-)]
-struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MTLSD_LOG_FORMAT")]
-    log_format: LogFormat,
-    /// Log filter, e.g. `info` or `info,mtlsd=debug`.
-    #[arg(long, global = true, default_value = "info", env = "MTLSD_LOG")]
-    log: String,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon; without --config, run the self-contained demo.
-    Run {
-        /// The config file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Where the demo keeps its CA and SVIDs (default: $STATE_DIRECTORY, else ~/.local/state/mtlsd).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-    },
-    /// Validate a config file and the identity it names, without starting.
-    Check {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Operate a small certificate authority for a trust domain.
-    #[command(subcommand)]
-    Ca(CaCommand),
-    /// Manage a session-ticket key file shared by several instances.
-    #[command(subcommand)]
-    TicketKeys(TicketKeysCommand),
-}
-
-#[derive(Subcommand)]
-enum TicketKeysCommand {
-    /// Put a new encrypting key first and keep the newest `--keep` keys (creates the file if missing).
-    Rotate {
-        /// The key file (`resumption.ticket_key_file`).
-        #[arg(long)]
-        file: PathBuf,
-        /// Keys kept, the new one included: tickets live until their key is dropped.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
-        keep: u16,
-    },
-}
-
-#[derive(Subcommand)]
-enum CaCommand {
-    /// Create a root and an intermediate CA in a directory.
-    Init {
-        #[command(flatten)]
-        dir: CaDir,
-        /// The trust domain, e.g. example.org.
-        #[arg(long)]
-        trust_domain: String,
-        /// Root lifetime.
-        #[arg(long, default_value = "3650d", value_parser = parse_duration)]
-        root_ttl: Duration,
-        /// Intermediate lifetime.
-        #[arg(long, default_value = "365d", value_parser = parse_duration)]
-        intermediate_ttl: Duration,
-        #[command(flatten)]
-        hsm: HsmRoot,
-    },
-    /// Issue a leaf X.509-SVID with a fresh key.
-    Issue {
-        #[command(flatten)]
-        dir: CaDir,
-        /// The SPIFFE ID, e.g. spiffe://example.org/ns/web/sa/api.
-        #[arg(long)]
-        id: String,
-        /// Extra DNS SAN (repeatable), for clients that check host names.
-        #[arg(long)]
-        dns: Vec<String>,
-        /// Lifetime.
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
-        ttl: Duration,
-        /// Where to write the chain (leaf, intermediate).
-        #[arg(long)]
-        cert: PathBuf,
-        /// Where to write the fresh key (mode 0600).
-        #[arg(long, required_unless_present = "csr", conflicts_with = "csr")]
-        key: Option<PathBuf>,
-        /// Certify the key of this PEM CSR instead (the CSR's subject and SANs are ignored:
-        /// the certificate says --id).
-        #[arg(long)]
-        csr: Option<PathBuf>,
-    },
-    /// Revoke certificates and republish crl.pem (daemons reload it within seconds).
-    Revoke {
-        #[command(flatten)]
-        dir: CaDir,
-        /// The serial number (hex), as `ca list` shows it.
-        #[arg(long, required_unless_present = "id", conflicts_with = "id")]
-        serial: Option<String>,
-        /// Every unexpired certificate issued for this SPIFFE ID.
-        #[arg(long)]
-        id: Option<String>,
-    },
-    /// List the certificates this CA issued.
-    List {
-        #[command(flatten)]
-        dir: CaDir,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// Where the root key lives when it is kept in a PKCS#11 token.
-#[derive(Args)]
-struct HsmRoot {
-    /// The root key in a token, e.g. `pkcs11:token=ca;object=root`; it never leaves the token.
-    #[arg(long)]
-    root_key: Option<String>,
-    /// Generate the root key (EC P-256, unextractable) in the token first, labelled by `object=`.
-    #[arg(long, requires = "root_key")]
-    create_root_key: bool,
-    /// The PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
-    #[arg(long, requires = "root_key")]
-    pkcs11_module: Option<PathBuf>,
-    /// Read the token PIN from this file (mode 0600).
-    #[arg(long, group = "pin")]
-    pin_file: Option<PathBuf>,
-    /// Read the token PIN from this environment variable.
-    #[arg(long, group = "pin")]
-    pin_env: Option<String>,
-    /// Read the token PIN from this systemd credential.
-    #[arg(long, group = "pin")]
-    pin_credential: Option<String>,
-}
-
-#[derive(Args)]
-struct CaDir {
-    /// The CA directory.
-    #[arg(long)]
-    dir: PathBuf,
-}
 
 // Logging may fail to start; that one message goes to stderr directly.
 #[allow(clippy::print_stderr)]
@@ -252,6 +100,7 @@ async fn run(
     state_dir: Option<PathBuf>,
     log: Arc<LogFilter>,
 ) -> Result<()> {
+    // clap refuses --state-dir with --config, so a given state dir is always used.
     let source = match (config, state_dir) {
         (Some(path), _) => ConfigSource::File(path),
         (None, dir) => ConfigSource::Demo(dir.unwrap_or_else(demo::default_state_dir)),
@@ -262,7 +111,8 @@ async fn run(
 }
 
 fn check(path: &std::path::Path) -> Result<()> {
-    let config = Config::load(path)?;
+    // Every problem of the file and of the files it names, in one run, in file order.
+    let config = Config::load_checked(path)?;
     let identity = check_identity(&config)?;
     if let Some(file) = &config.resumption.ticket_key_file {
         let keys = tickets::load_key_file(file)?;
@@ -344,6 +194,8 @@ fn run_ca(command: CaCommand) -> Result<()> {
             dir,
             id,
             dns,
+            ip,
+            name,
             ttl,
             cert,
             key,
@@ -353,11 +205,14 @@ fn run_ca(command: CaCommand) -> Result<()> {
             let id: SpiffeId = id.parse().with_context(|| format!("--id {id:?}"))?;
             let mut spec = LeafSpec::new(id.clone(), ttl);
             spec.dns_names = dns;
+            spec.ip_addresses = ip;
+            spec.common_name = name;
+            // The ledger records the leaf only once its files are written (see Authority::issue_to_files).
             match (key, csr) {
                 (Some(key), _) => {
-                    let issued = ca.issue(&spec)?;
-                    issued.write(&cert, &key)?;
-                    info!(id = %id, serial = %issued.serial, not_after = %issued.not_after, cert = %cert.display(), key = %key.display(), "SVID issued");
+                    let issued = ca.issue_to_files(&spec, &cert, &key)?;
+                    let not_after = rfc3339(issued.not_after.unix_timestamp());
+                    info!(id = %id, serial = %issued.serial, not_after = %not_after, cert = %cert.display(), key = %key.display(), "SVID issued");
                 }
                 (None, Some(csr)) => {
                     let pem = std::fs::read_to_string(&csr)
@@ -365,10 +220,9 @@ fn run_ca(command: CaCommand) -> Result<()> {
                     // Parsing checks the CSR's self-signature: its sender holds the key.
                     let request = rcgen::CertificateSigningRequestParams::from_pem(&pem)
                         .with_context(|| format!("{} is not a valid PEM CSR", csr.display()))?;
-                    let issued = ca.issue_for_key(&spec, &request.public_key)?;
-                    mtlsd::files::write_atomic(&cert, issued.chain_pem.as_bytes(), 0o644)
-                        .with_context(|| format!("writing {}", cert.display()))?;
-                    info!(id = %id, serial = %issued.serial, not_after = %issued.not_after, cert = %cert.display(), csr = %csr.display(), "SVID issued for a CSR");
+                    let issued = ca.issue_for_key_to_file(&spec, &request.public_key, &cert)?;
+                    let not_after = rfc3339(issued.not_after.unix_timestamp());
+                    info!(id = %id, serial = %issued.serial, not_after = %not_after, cert = %cert.display(), csr = %csr.display(), "SVID issued for a CSR");
                 }
                 (None, None) => unreachable!("clap requires --key or --csr"),
             }
@@ -376,6 +230,7 @@ fn run_ca(command: CaCommand) -> Result<()> {
         CaCommand::Revoke { dir, serial, id } => {
             let ca = Authority::open(&dir.dir)?;
             let which = match (serial, id) {
+                // Already normalised by clap (colons stripped, lowercase).
                 (Some(serial), _) => Revoke::Serial(serial),
                 (None, Some(id)) => Revoke::Id(id.parse().with_context(|| format!("--id {id:?}"))?),
                 (None, None) => unreachable!("clap requires --serial or --id"),
@@ -392,6 +247,16 @@ fn run_ca(command: CaCommand) -> Result<()> {
     Ok(())
 }
 
+/// One line of `ca list --json`: the table's columns, times in RFC 3339.
+#[derive(serde::Serialize)]
+struct ListedLeaf<'a> {
+    serial: &'a str,
+    id: &'a str,
+    status: &'static str,
+    not_after: String,
+    revoked_at: Option<String>,
+}
+
 /// Writes `ca list` output to stdout: a table, or JSON lines.
 fn print_issued(records: &[mtlsd::ca::IssuedRecord], json: bool) -> Result<()> {
     use std::io::Write;
@@ -405,27 +270,24 @@ fn print_issued(records: &[mtlsd::ca::IssuedRecord], json: bool) -> Result<()> {
         )?;
     }
     for r in records {
+        let status = r.status(now).as_str();
+        let not_after = rfc3339(r.not_after);
         if json {
-            writeln!(out, "{}", serde_json::to_string(r)?)?;
-            continue;
+            let line = ListedLeaf {
+                serial: &r.serial,
+                id: &r.id,
+                status,
+                not_after,
+                revoked_at: r.revoked_at.map(rfc3339),
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else {
+            writeln!(
+                out,
+                "{:<32}  {status:<8}  {not_after:<20}  {}",
+                r.serial, r.id
+            )?;
         }
-        let status = match (r.revoked_at, r.not_after <= now) {
-            (Some(_), _) => "revoked",
-            (None, true) => "expired",
-            (None, false) => "valid",
-        };
-        let not_after = time::OffsetDateTime::from_unix_timestamp(r.not_after)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
-        writeln!(
-            out,
-            "{:<32}  {status:<8}  {not_after:<20}  {}",
-            r.serial, r.id
-        )?;
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ pub enum Principal {
 #[non_exhaustive]
 pub enum PrincipalError {
     /// The part before `/*` or the whole rule is not a SPIFFE ID.
-    #[error("{0}")]
+    #[error(transparent)]
     Id(#[from] SpiffeIdError),
     /// A `*` somewhere other than a whole last path segment.
     #[error("'*' is only allowed as the whole last path segment, as in spiffe://td/ns/*")]

@@ -40,27 +40,37 @@ pub enum SupervisorError {
     Config(#[from] ConfigError),
     /// The embedded demo could not prepare its CA and SVIDs.
     #[error("preparing the demo: {0}")]
-    Demo(#[source] CaError),
+    Demo(CaError),
     /// The daemon could not start.
     #[error(transparent)]
     Start(#[from] StartError),
     /// Sockets passed by systemd could not be used.
     #[error("socket activation: {0}")]
-    Activation(#[from] ActivationError),
+    Activation(ActivationError),
     /// Something the supervisor needs from the OS failed (a signal handler, a socket).
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being set up.
         what: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+}
+
+// By hand rather than `#[from]`, which would also make the wrapped error the `source()`:
+// the message already quotes it (see ARCHITECTURE.md, Errors).
+impl From<ActivationError> for SupervisorError {
+    fn from(e: ActivationError) -> Self {
+        Self::Activation(e)
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SupervisorError {
     let what = what.into();
-    move |source| SupervisorError::Io { what, source }
+    move |source| SupervisorError::Io {
+        what,
+        cause: source,
+    }
 }
 
 /// Where the configuration comes from, at start and again on every SIGHUP.

@@ -320,7 +320,7 @@ async fn reload_swaps_listeners_and_policy_without_dropping_established_connecti
         rejected["error"]
             .as_str()
             .unwrap()
-            .contains(":2:16: identity.trust_domain: invalid type"),
+            .contains(":2:16: identity.trust_domain: expected a string, found the number 5"),
         "{rejected}"
     );
     let mut tls = tls_connect(web, pki.client("/other")).await.unwrap();

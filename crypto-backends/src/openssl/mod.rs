@@ -100,9 +100,9 @@ impl OpensslBackend {
             // retain_fallbacks keeps the implicit `default` provider active, so
             // algorithms the named provider lacks still resolve, and a failed
             // load does not leave the process without any provider.
-            let loaded = Provider::try_load(None, name, true).map_err(|source| Error::Openssl {
+            let loaded = Provider::try_load(None, name, true).map_err(|cause| Error::Openssl {
                 operation: format!("loading provider {name:?}"),
-                source,
+                cause,
             })?;
             providers.push(loaded);
             tracing::info!(provider = %name, "loaded OpenSSL provider");
@@ -125,9 +125,9 @@ impl OpensslBackend {
             KeyRef::Pkcs11(uri) => self.load_engine_key(uri),
             KeyRef::File(path) => {
                 let pem = crate::read_secret_file(path)?;
-                let pkey = PKey::private_key_from_pem(&pem).map_err(|source| Error::Openssl {
+                let pkey = PKey::private_key_from_pem(&pem).map_err(|cause| Error::Openssl {
                     operation: format!("decoding private key {}", path.display()),
-                    source,
+                    cause,
                 })?;
                 if let Some(engine) = &self.engine {
                     engine
@@ -236,9 +236,9 @@ impl OpensslKey {
             ),
             other => return Err(unsupported(format!("key type {other:?} is not EC or RSA"))),
         };
-        let spki = pkey.public_key_to_der().map_err(|source| Error::Openssl {
+        let spki = pkey.public_key_to_der().map_err(|cause| Error::Openssl {
             operation: format!("encoding the public key of {name}"),
-            source,
+            cause,
         })?;
         Ok(Self {
             inner: Arc::new(KeyInner {

@@ -87,9 +87,9 @@ pub(crate) fn module(path: &Path) -> Result<Pkcs11, Error> {
     if let Some(ctx) = modules.get(path) {
         return Ok(ctx.clone());
     }
-    let fail = |source| Error::Pkcs11Module {
+    let fail = |cause| Error::Pkcs11Module {
         module: path.to_owned(),
-        source,
+        cause,
     };
     let ctx = Pkcs11::new(path).map_err(fail)?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -207,10 +207,10 @@ impl Pkcs11Backend {
         };
         let slots = ctx
             .get_slots_with_initialized_token()
-            .map_err(|source| Error::Pkcs11 {
+            .map_err(|cause| Error::Pkcs11 {
                 operation: "C_GetSlotList".into(),
                 token: uri.token_name(),
-                source,
+                cause,
             })?;
         for slot in slots {
             if uri.slot_id.is_some_and(|id| id != slot.id()) {

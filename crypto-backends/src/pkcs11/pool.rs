@@ -185,11 +185,11 @@ impl SessionPool {
     }
 
     /// Wraps a cryptoki error with the operation and this pool's token.
-    pub(crate) fn err(&self, operation: impl Into<String>, source: CkError) -> Error {
+    pub(crate) fn err(&self, operation: impl Into<String>, cause: CkError) -> Error {
         Error::Pkcs11 {
             operation: operation.into(),
             token: self.token.clone(),
-            source,
+            cause,
         }
     }
 }

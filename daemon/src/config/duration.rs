@@ -20,7 +20,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("{s:?} has unit {unit:?}; use ms, s, m, h or d")),
+        "" => return Err(format!("{s:?} has no unit: add one, e.g. \"{n}s\"")),
+        _ => {
+            return Err(format!(
+                "{s:?} has unit {unit:?}; use ms, s, m, h or d, e.g. \"{n}s\""
+            ));
+        }
     };
     n.checked_mul(secs)
         .map(Duration::from_secs)

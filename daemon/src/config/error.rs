@@ -8,13 +8,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read config: {source}")]
+    #[error("{path}: cannot read config: {cause}")]
     Read {
         /// The config file.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
+        /// The OS error (in the message, so not also a `source()`: see ARCHITECTURE.md, Errors).
+        cause: io::Error,
     },
     /// The file was read but is not a valid config; every problem found is listed.
     #[error("{}", Problems(.0))]
@@ -61,12 +60,14 @@ impl fmt::Display for Problems<'_> {
 }
 
 /// Turns byte spans into line/column positions in one source text.
+#[derive(Clone, Copy)]
 pub(super) struct Locator<'a> {
     pub file: &'a str,
     pub text: &'a str,
 }
 
 impl Locator<'_> {
+    /// A problem at `span` of the text.
     pub fn problem(
         &self,
         span: Range<usize>,

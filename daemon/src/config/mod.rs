@@ -8,6 +8,7 @@
 //! and listener types, durations, the raw file shape and its validation have a file each.
 
 mod crypto;
+mod de;
 mod duration;
 mod error;
 mod listeners;
@@ -20,7 +21,6 @@ use std::time::Duration;
 
 use error::Locator;
 use mtlsd_crypto::KeyRef;
-use raw::RawConfig;
 use serde::Serialize;
 
 #[cfg(feature = "openssl")]
@@ -143,59 +143,71 @@ fn as_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Validates config text; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let loc = Locator { file, text };
-        let syntax = |e: toml::de::Error| {
-            ConfigError::Invalid(vec![loc.problem(
-                e.span().unwrap_or(0..0),
-                "",
-                e.message().trim(),
-            )])
-        };
-        // serde_path_to_error names the key a type error is about ("inbound[0].listen"),
-        // which toml's own error only locates.
-        let de = toml::Deserializer::parse(text).map_err(syntax)?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = key_path(e.path());
-            let inner = e.into_inner();
-            ConfigError::Invalid(vec![loc.problem(
-                inner.span().unwrap_or(0..0),
-                key,
-                inner.message().trim(),
-            )])
-        })?;
-        validate::validate(loc, raw).map_err(ConfigError::Invalid)
+        parse(text, file, false)
+    }
+
+    /// [`load`](Self::load), and also checks that every file the config names (certificate,
+    /// key, bundle, CRL, CA directory, ticket keys, PKCS#11 module and PIN) can be read the way
+    /// the daemon will read it, secrets' permissions included: what `mtlsd check` runs. Each
+    /// unreadable file is one more located problem, reported with all the others.
+    pub fn load_checked(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        Self::parse_checked(&text, &path.display().to_string())
+    }
+
+    /// [`parse`](Self::parse) with the file checks of [`load_checked`](Self::load_checked).
+    pub fn parse_checked(text: &str, file: &str) -> Result<Self, ConfigError> {
+        parse(text, file, true)
     }
 }
 
-/// `inbound[0].name` from a deserializer path, without toml's internal span wrappers.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut key = String::new();
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
-            Segment::Map { key: k } | Segment::Enum { variant: k } => {
-                if k.starts_with("$__serde_spanned") {
-                    continue;
-                }
-                if !key.is_empty() {
-                    key.push('.');
-                }
-                key.push_str(k);
-            }
-            Segment::Unknown => {}
+/// Reads a config file's text.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.to_owned(),
+        cause,
+    })
+}
+
+/// Reads, validates and, with `check_files`, checks the files of a config: every problem
+/// found, in file order, or the config.
+fn parse(text: &str, file: &str, check_files: bool) -> Result<Config, ConfigError> {
+    let loc = Locator { file, text };
+    let doc = de::read(&loc);
+    let mut problems = doc.problems;
+    let mut config = None;
+    if let Some(raw) = doc.raw {
+        match validate::validate(loc, raw, check_files) {
+            Ok(c) => config = Some(c),
+            // A key already reported as wrongly typed or missing holds a placeholder; what the
+            // validator says about that placeholder would only repeat the problem.
+            Err(found) => problems.extend(
+                found
+                    .into_iter()
+                    .filter(|p| !doc.placeholders.iter().any(|key| is_within(&p.key, key))),
+            ),
         }
     }
-    key
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => {
+            // Stable, so problems at one position keep the order they were found in.
+            problems.sort_by_key(|p| (p.line, p.column));
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// Whether `key` is `outer` or lies inside it (`outer.x`, `outer[1]`).
+fn is_within(key: &str, outer: &str) -> bool {
+    key.strip_prefix(outer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ server_id = "spiffe://example.org/x/"
         format!("{}:", line_of(body, "listen = \"localhost")),
         "inbound[0].listen: \"localhost:15443\" is not an IP:port address".into(),
         "inbound[0].forward: \"unix:relative.sock\": a Unix socket path must be absolute".into(),
-        "inbound[0].allow: \"unauthenticated\" only applies to mode = \"permissive\"".into(),
+        "inbound[0].allow[0]: \"unauthenticated\" only applies to mode = \"permissive\"".into(),
         "inbound[0].limits.handshake_timeout: \"10 seconds\" has unit \" seconds\"".into(),
         "outbound[0].name: listener name \"web\" is used twice".into(),
         "outbound[0].connect: \"10.0.0.5\" is not host:port".into(),
@@ -187,7 +187,7 @@ fn type_errors_name_their_key() {
     assert_eq!(
         p[0],
         format!(
-            "mtlsd.toml:{}:8: inbound[0].name: invalid type: integer `5`, expected a string",
+            "mtlsd.toml:{}:8: inbound[0].name: expected a string, found the number 5",
             line_of(body, "name = 5")
         )
     );
@@ -371,4 +371,406 @@ fn host_port_is_split_once_for_validation_and_for_the_server_name() {
     ] {
         assert_eq!(host_port(bad), None, "{bad}");
     }
+}
+
+/// `mtlsd.toml:LINE:COLUMN` of the first occurrence of `needle` in `text`.
+fn at(text: &str, needle: &str) -> String {
+    at_nth(text, needle, 0)
+}
+
+/// `mtlsd.toml:LINE:COLUMN` of occurrence `nth` (from 0) of `needle` in `text`.
+fn at_nth(text: &str, needle: &str, nth: usize) -> String {
+    let (offset, _) = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("{needle:?} not in text {nth} times"));
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("mtlsd.toml:{line}:{column}")
+}
+
+/// The problems of a whole config text, with file checks.
+fn checked_problems(text: &str) -> Vec<String> {
+    match Config::parse_checked(text, "mtlsd.toml") {
+        Ok(_) => panic!("config was accepted"),
+        Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn unknown_keys_and_type_errors_are_all_reported_in_file_order() {
+    let body = r#"
+[limits]
+max_connections = "100"
+idle_timout = "5s"
+
+[[inbound]]
+name = "a"
+listen = "0.0.0.0:1"
+forward = "127.0.0.1:2"
+allow = ["spiffe://example.org", 5]
+colour = "blue"
+
+[[inbound]]
+name = "b"
+listen = "0.0.0.0:2"
+forward = "127.0.0.1:3"
+allow = ["spiffe://example.org"]
+proxy_protocol = "yes"
+"#;
+    let text = format!("{IDENTITY}{body}");
+    let colour = "unknown field `colour`; expected one of `name`, `listen`, `forward`, `mode`, \
+                  `allow`, `deny`, `proxy_protocol`, `resumption`, `early_data`, `limits`";
+    assert_eq!(
+        problems(body),
+        [
+            format!(
+                "{}: limits.max_connections: expected a number, found the string \"100\"; \
+                 write it without quotes",
+                at(&text, "\"100\"")
+            ),
+            format!(
+                "{}: limits.idle_timout: unknown field `idle_timout`; did you mean `idle_timeout`?",
+                at(&text, "idle_timout")
+            ),
+            format!(
+                "{}: inbound[0].allow[1]: expected a string, found the number 5",
+                at(&text, "5]")
+            ),
+            format!("{}: inbound[0].colour: {colour}", at(&text, "colour")),
+            format!(
+                "{}: inbound[1].proxy_protocol: expected true or false, found the string \"yes\"",
+                at(&text, "\"yes\"")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_missing_key_is_named_and_the_rest_of_the_file_still_checked() {
+    let body = r#"
+[[inbound]]
+name = "web"
+forward = "127.0.0.1:2"
+allow = ["spiffe://example.org"]
+
+[[outbound]]
+name = "out"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5"
+server_id = "spiffe://example.org/web"
+"#;
+    let text = format!("{IDENTITY}{body}");
+    assert_eq!(
+        problems(body),
+        [
+            format!(
+                "{}: inbound[0].listen: missing field `listen`",
+                at(&text, "[[inbound]]")
+            ),
+            format!(
+                "{}: outbound[0].connect: \"10.0.0.5\" is not host:port (e.g. \"127.0.0.1:8080\", \
+                 \"[::1]:8080\" or \"web.internal:8080\")",
+                at(&text, "\"10.0.0.5\"")
+            ),
+        ]
+    );
+    let e = Config::parse(ONE_LISTENER, "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "f.toml:1:1: identity: missing [identity] table");
+}
+
+#[test]
+fn a_key_written_twice_is_named_and_other_problems_still_reported() {
+    let body = r#"
+[[inbound]]
+name = "web"
+listen = "0.0.0.0:1"
+forward = "127.0.0.1"
+allow = ["spiffe://example.org"]
+allow = ["spiffe://example.org/a"]
+"#;
+    let text = format!("{IDENTITY}{body}");
+    assert_eq!(
+        problems(body),
+        [
+            format!(
+                "{}: inbound[0].forward: \"127.0.0.1\" is not host:port (e.g. \"127.0.0.1:8080\", \
+                 \"[::1]:8080\" or \"web.internal:8080\")",
+                at(&text, "\"127.0.0.1\"")
+            ),
+            format!(
+                "{}: duplicate key `allow`; each key may be set once per table",
+                at_nth(&text, "allow =", 1)
+            ),
+        ]
+    );
+    let twice = format!("{IDENTITY}\n[identity]\ntrust_domain = \"example.org\"\n{ONE_LISTENER}");
+    let p = checked_problems(&twice);
+    assert!(
+        p.iter()
+            .any(|p| p.ends_with("table [identity] is defined twice")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_syntax_error_is_reported_alone_and_precisely() {
+    // An unclosed array makes every later line look wrong to the parser; only the first
+    // error is real, and nothing after it is trusted.
+    let body = "\n[[inbound]]\nname = \"web\"\nallow = [\"spiffe://example.org\"\nlisten = 5\n";
+    let p = problems(body);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(&format!("mtlsd.toml:{}:", line_of(body, "listen = 5"))),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_duration_without_a_unit_says_which_unit_to_add() {
+    let body = format!("[shutdown]\ngrace = \"30\"\n{ONE_LISTENER}");
+    assert_eq!(
+        problems(&body),
+        [format!(
+            "mtlsd.toml:{}:9: shutdown.grace: \"30\" has no unit: add one, e.g. \"30s\"",
+            line_of(&body, "grace")
+        )]
+    );
+    assert_eq!(
+        parse_duration("10 seconds").unwrap_err(),
+        "\"10 seconds\" has unit \" seconds\"; use ms, s, m, h or d, e.g. \"10s\""
+    );
+}
+
+#[test]
+fn unauthenticated_in_a_deny_list_is_reported_at_that_rule() {
+    let body = "\n[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\n\
+                allow = [\"spiffe://example.org\"]\ndeny = [\"spiffe://example.org/x\", \"unauthenticated\"]\n";
+    let text = format!("{IDENTITY}{body}");
+    assert_eq!(
+        problems(body),
+        [format!(
+            "{}: inbound[0].deny[1]: \"unauthenticated\" only applies to mode = \"permissive\"",
+            at(&text, "\"unauthenticated\"")
+        )]
+    );
+}
+
+/// Writes `text` to `dir/name` with permission bits `mode`.
+fn write_file(dir: &Path, name: &str, mode: u32, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn file_checks_report_every_unreadable_file_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    write_file(dir.path(), "svid.key", 0o644, "key");
+    write_file(dir.path(), "crl.pem", 0o644, "crl");
+    std::fs::create_dir(dir.path().join("bundle.pem")).unwrap();
+    let text = format!(
+        r#"[identity]
+trust_domain = "example.org"
+cert = "{d}/svid.pem"
+key = "{d}/svid.key"
+bundle = "{d}/bundle.pem"
+crl = "{d}/crl.pem"
+
+[crypto]
+backend = "pkcs11"
+
+[crypto.pkcs11]
+module = "{d}/libsofthsm2.so"
+pin_file = "{d}/pin"
+
+[resumption]
+ticket_key_file = "{d}/tickets"
+{ONE_LISTENER}"#
+    );
+    // Starting or reloading reads these files anyway, so only `check` opens them first.
+    assert!(Config::parse(&text, "mtlsd.toml").is_ok());
+    let enoent = "No such file or directory (os error 2)";
+    assert_eq!(
+        checked_problems(&text),
+        [
+            format!(
+                "{}: identity.cert: cannot read {d}/svid.pem: {enoent}",
+                at(&text, &format!("\"{d}/svid.pem"))
+            ),
+            format!(
+                "{}: identity.key: key file {d}/svid.key has mode 0644: refusing a private key \
+                 that other users can read or the group can write (chmod 600, or 640 for a \
+                 dedicated group)",
+                at(&text, &format!("\"{d}/svid.key"))
+            ),
+            format!(
+                "{}: identity.bundle: {d}/bundle.pem is a directory, not a file",
+                at(&text, &format!("\"{d}/bundle.pem"))
+            ),
+            format!(
+                "{}: crypto.pkcs11.module: cannot read {d}/libsofthsm2.so: {enoent}",
+                at(&text, &format!("\"{d}/libsofthsm2.so"))
+            ),
+            format!(
+                "{}: crypto.pkcs11.pin_file: cannot read key file {d}/pin: {enoent}",
+                at(&text, &format!("\"{d}/pin"))
+            ),
+            format!(
+                "{}: resumption.ticket_key_file: cannot read key file {d}/tickets: {enoent}",
+                at(&text, &format!("\"{d}/tickets"))
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_directory_that_is_not_a_ca_says_to_run_ca_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let text = format!(
+        "[identity]\ntrust_domain = \"example.org\"\nca_dir = \"{d}\"\n\
+         id = \"spiffe://example.org/host/a\"\n{ONE_LISTENER}"
+    );
+    assert_eq!(
+        checked_problems(&text),
+        [format!(
+            "mtlsd.toml:3:10: identity.ca_dir: {d} is not a CA directory; run \
+             `mtlsd ca init --dir {d}` first"
+        )]
+    );
+}
+
+/// The acceptance test of issue 15: six different mistakes in different sections, all
+/// reported by one run, in file order, each with its line and key.
+#[test]
+fn six_mistakes_come_back_in_one_run_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    write_file(dir.path(), "svid.pem", 0o644, "cert");
+    write_file(dir.path(), "svid.key", 0o600, "key");
+    let text = format!(
+        r#"[identity]
+trust_domain = "example.org"
+cert = "{d}/svid.pem"
+key = "{d}/svid.key"
+bundle = "{d}/bundle.pem"
+
+[limits]
+max_connections = "many"
+
+[shutdown]
+grace = "30"
+
+[[inbound]]
+name = "web"
+listen = "0.0.0.0:15443"
+forward = "127.0.0.1:8080"
+allow = ["spiffe://example.org/frontend"]
+proxy = true
+
+[[outbound]]
+name = "web"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5:15443"
+server_id = "spiffe://Example.org/web"
+"#
+    );
+    let p = checked_problems(&text);
+    let expected = [
+        (
+            at(&text, &format!("\"{d}/bundle.pem")),
+            "identity.bundle",
+            "cannot read",
+        ),
+        (
+            at(&text, "\"many\""),
+            "limits.max_connections",
+            "expected a number, found the string \"many\"",
+        ),
+        (
+            at(&text, "\"30\""),
+            "shutdown.grace",
+            "\"30\" has no unit: add one, e.g. \"30s\"",
+        ),
+        (
+            at(&text, "proxy ="),
+            "inbound[0].proxy",
+            "unknown field `proxy`",
+        ),
+        (
+            at_nth(&text, "\"web\"", 1),
+            "outbound[0].name",
+            "listener name \"web\" is used twice",
+        ),
+        (
+            at(&text, "\"spiffe://Example.org/web\""),
+            "outbound[0].server_id",
+            "trust domain has 'E'",
+        ),
+    ];
+    assert_eq!(p.len(), expected.len(), "{p:#?}");
+    for (got, (position, key, message)) in p.iter().zip(&expected) {
+        assert!(
+            got.starts_with(&format!("{position}: {key}: {message}")),
+            "expected {position}: {key}: {message}…, got {got}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_key_file_names_the_file_and_the_os_error_once() {
+    use crate::identity::IdentityError;
+    use crate::runtime::StartError;
+    let missing = Path::new("/nonexistent/mtlsd/svid.key");
+    let e = mtlsd_crypto::read_secret_file(missing).unwrap_err();
+    // As the binary prints it: anyhow's `{:#}` walks `source()` too.
+    let e = anyhow::Error::new(StartError::Identity(IdentityError::Key(e)));
+    let shown = format!("{e:#}");
+    assert_eq!(
+        shown,
+        "identity: cannot read key file /nonexistent/mtlsd/svid.key: No such file or directory \
+         (os error 2)"
+    );
+    let config = anyhow::Error::new(Config::load(missing).unwrap_err());
+    let shown = format!("{config:#}");
+    assert_eq!(shown.matches("svid.key").count(), 1, "{shown}");
+    assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
+}
+
+#[test]
+fn a_misspelt_key_is_one_problem_not_two() {
+    // `nme` for `name`: the unknown key is reported; that `name` is missing is not.
+    let body = "\n[[inbound]]\nnme = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\n\
+                alow = [\"spiffe://example.org\"]\n";
+    let text = format!("{IDENTITY}{body}");
+    assert_eq!(
+        problems(body),
+        [
+            format!(
+                "{}: inbound[0].nme: unknown field `nme`; did you mean `name`?",
+                at(&text, "nme")
+            ),
+            format!(
+                "{}: inbound[0].alow: unknown field `alow`; did you mean `allow`?",
+                at(&text, "alow")
+            ),
+        ]
+    );
+    // When the key it resembles is there too, that key's own problems still count.
+    let body = "\n[[inbound]]\nname = \"web\"\nlisten = \"0.0.0.0:1\"\nforward = \"127.0.0.1:2\"\n\
+                allow = [\"spiffe://Example.org\"]\nalow = [\"spiffe://example.org\"]\n";
+    let p = problems(body);
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(
+        p[0].contains("inbound[0].allow[0]: trust domain has 'E'"),
+        "{p:#?}"
+    );
 }

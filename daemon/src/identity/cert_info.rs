@@ -59,7 +59,8 @@ impl CertInfo {
     }
 }
 
-fn rfc3339(unix: i64) -> String {
+/// Unix seconds as RFC 3339 (`2025-06-01T12:00:00Z`), the way every certificate time is shown.
+pub fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())

@@ -6,7 +6,7 @@ mod spiffe;
 mod svid;
 mod verifier;
 
-pub use cert_info::{CertInfo, ValidityError, check_validity};
+pub use cert_info::{CertInfo, ValidityError, check_validity, rfc3339};
 pub use revocation::{Revocations, Revoked};
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_trust_domain};
 pub use svid::{Bundle, IdentityError, Svid, SvidError, load_bundle, load_certs, spiffe_id_of};

@@ -92,13 +92,12 @@ pub enum IdentityError {
     #[error(transparent)]
     Key(#[from] mtlsd_crypto::Error),
     /// Our own certificate is not a usable SVID.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Svid {
         /// The certificate file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: SvidError,
+        cause: SvidError,
     },
     /// The key does not belong to the certificate.
     #[error("key {key} does not match certificate {cert}")]
@@ -193,9 +192,9 @@ impl Svid {
                 reason: "no certificate".into(),
             });
         };
-        let id = spiffe_id_of(leaf).map_err(|source| IdentityError::Svid {
+        let id = spiffe_id_of(leaf).map_err(|cause| IdentityError::Svid {
             path: cert_path.to_owned(),
-            source,
+            cause,
         })?;
         let certified_key = CertifiedKey::new(chain, signing_key);
         match certified_key.keys_match() {

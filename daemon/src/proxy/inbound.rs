@@ -191,14 +191,19 @@ impl Inbound {
         let config = self
             .connection_config(&hello.raw, refused.clone())
             .map_err(|e| Refusal::new(RefuseReason::TlsError, e.to_string()))?;
-        // A refusal by the policy inside the handshake is logged and counted as one after it.
-        let refuse = |e: std::io::Error, past_hello: bool| match refused.get() {
-            Some(id) => match self.authorize(Peer::Spiffe(id)) {
-                Err(refusal) => refusal.with_peer(id.as_str()),
-                Ok(_) => Refusal::new(RefuseReason::NotAllowed, "refused during the handshake")
-                    .with_peer(id.as_str()),
-            },
-            None => refuse(e, past_hello),
+        // A refusal by the policy inside the handshake is logged and counted as one after it:
+        // the peer's certificate was verified, so its handshake counts as a full one.
+        let refuse = |e: std::io::Error, past_hello: bool| {
+            let Some(id) = refused.get() else {
+                return refuse(e, past_hello);
+            };
+            self.state
+                .metrics
+                .handshake(HandshakeKind::Full, started.elapsed());
+            let refusal = self.authorize(Peer::Spiffe(id)).err().unwrap_or_else(|| {
+                Refusal::new(RefuseReason::NotAllowed, "refused during the handshake")
+            });
+            refusal.with_peer(id.as_str())
         };
         let mut tls = if early_listener {
             let conn = match hello.accepted.into_connection(config) {

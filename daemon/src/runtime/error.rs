@@ -13,10 +13,10 @@ use crate::tls::tickets::TicketKeyError;
 pub enum StartError {
     /// The built-in CA could not issue our SVID.
     #[error("identity.ca_dir: {0}")]
-    Ca(#[from] crate::ca::CaError),
+    Ca(crate::ca::CaError),
     /// Our certificate, key or bundle could not be loaded.
     #[error("identity: {0}")]
-    Identity(#[from] IdentityError),
+    Identity(IdentityError),
     /// The certificate names a different trust domain than the config.
     #[error("identity.cert is {id}, outside identity.trust_domain {trust_domain:?}")]
     TrustDomainMismatch {
@@ -41,38 +41,49 @@ pub enum StartError {
         trust_domain: String,
     },
     /// The crypto backend could not be opened (module, engine, provider or PIN).
-    #[error("crypto backend {backend}: {source}")]
+    #[error("crypto backend {backend}: {cause}")]
     Backend {
         /// The backend named in `[crypto]`.
         backend: &'static str,
         /// What failed.
-        #[source]
-        source: mtlsd_crypto::Error,
+        cause: mtlsd_crypto::Error,
     },
     /// A listener's TLS configuration was rejected by rustls.
-    #[error("listener {listener}: {source}")]
+    #[error("listener {listener}: {cause}")]
     Tls {
         /// The listener.
         listener: String,
         /// What rustls said.
-        #[source]
-        source: TlsError,
+        cause: TlsError,
     },
     /// The session ticket keys could not be loaded.
     #[error("resumption.ticket_key_file: {0}")]
-    TicketKeys(#[source] TicketKeyError),
+    TicketKeys(TicketKeyError),
     /// Loading panicked: a bug in mtlsd, reported instead of ending the process.
     #[error("internal error while loading the configuration: {0}")]
     Panicked(String),
     /// A listener could not bind its address.
-    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    #[error("listener {listener}: cannot listen on {addr}: {cause}")]
     Bind {
         /// The listener.
         listener: String,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+}
+
+// By hand rather than `#[from]`, which would also make the wrapped error the `source()`:
+// the message already quotes it (see ARCHITECTURE.md, Errors).
+impl From<crate::ca::CaError> for StartError {
+    fn from(e: crate::ca::CaError) -> Self {
+        Self::Ca(e)
+    }
+}
+
+impl From<IdentityError> for StartError {
+    fn from(e: IdentityError) -> Self {
+        Self::Identity(e)
+    }
 }

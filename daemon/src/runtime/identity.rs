@@ -13,7 +13,7 @@ use tracing::info;
 use super::StartError;
 use crate::ca::{Authority, LeafSpec};
 use crate::config::{Config, CryptoConfig, IdentityConfig, IdentitySource};
-use crate::identity::{IdentityError, Revocations, SpiffeId, Svid, load_bundle};
+use crate::identity::{IdentityError, Revocations, SpiffeId, Svid, load_bundle, rfc3339};
 use crate::signing::{backend_for, load_signing_key};
 use crate::tls::TlsIdentity;
 
@@ -51,7 +51,8 @@ pub fn load_identity(
                 })?;
             let origin = dir.join("(issued in memory)");
             let svid = Svid::from_chain(chain, &origin, &KeyRef::File(origin.clone()), signing)?;
-            info!(id = %id, serial = %issued.serial, not_after = %issued.not_after, ca = %dir.display(), "SVID issued by the built-in CA");
+            let not_after = rfc3339(issued.not_after.unix_timestamp());
+            info!(id = %id, serial = %issued.serial, not_after = %not_after, ca = %dir.display(), "SVID issued by the built-in CA");
             (svid, None, Some(renewal_time(*ttl)))
         }
     };
@@ -78,8 +79,11 @@ pub fn load_identity(
 pub fn check_identity(config: &Config) -> Result<SpiffeId, StartError> {
     let identity = &config.identity;
     match &identity.source {
-        IdentitySource::Ca { dir, id, .. } => {
+        IdentitySource::Ca { dir, id, ttl, .. } => {
             let ca = Authority::open(dir)?;
+            // The SVID the daemon would issue at start must fit in the intermediate's
+            // validity, or the start fails; say so now, with both dates.
+            ca.check_ttl(*ttl)?;
             if ca.trust_domain() != identity.trust_domain
                 || id.trust_domain() != identity.trust_domain
             {
@@ -148,7 +152,7 @@ fn load_blocking(
         Some((c, b)) if *c == config.crypto => b.clone(),
         _ => backend_for(&config.crypto).map_err(|source| StartError::Backend {
             backend: config.crypto.backend.name(),
-            source,
+            cause: source,
         })?,
     };
     let tls = load_identity(&config.identity, &config.crypto, backend.as_ref())?;

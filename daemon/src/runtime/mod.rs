@@ -448,6 +448,6 @@ async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartErro
         .map_err(|source| StartError::Bind {
             listener: listener.to_owned(),
             addr,
-            source,
+            cause: source,
         })
 }

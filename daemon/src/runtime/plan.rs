@@ -133,7 +133,7 @@ impl ListenerConfig {
         let listener_metrics = metrics.listener(&name, self.direction());
         let tls_err = |source| StartError::Tls {
             listener: name.clone(),
-            source,
+            cause: source,
         };
         Ok(match self {
             Self::Inbound(c) => {

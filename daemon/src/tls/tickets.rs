@@ -73,22 +73,20 @@ pub enum TicketKeyError {
     #[error(transparent)]
     File(#[from] mtlsd_crypto::Error),
     /// The key file was read but its contents are unusable.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Invalid {
         /// The key file.
         path: PathBuf,
         /// What is wrong with it.
-        #[source]
-        source: KeyFileError,
+        cause: KeyFileError,
     },
     /// The rotated key file could not be written.
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}: {cause}", path.display())]
     Write {
         /// The key file.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (in the message, so not also a `source()`: see ARCHITECTURE.md, Errors).
+        cause: std::io::Error,
     },
 }
 
@@ -406,9 +404,9 @@ pub fn load_key_file(path: &Path) -> Result<Secrets, TicketKeyError> {
 fn read_key_file(path: &Path) -> Result<(Secrets, Stamp), TicketKeyError> {
     let file_stamp = stamp(path);
     let bytes = mtlsd_crypto::read_secret_file(path)?;
-    let secrets = parse_key_file(&bytes).map_err(|source| TicketKeyError::Invalid {
+    let secrets = parse_key_file(&bytes).map_err(|cause| TicketKeyError::Invalid {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     Ok((secrets, file_stamp))
 }
@@ -421,8 +419,8 @@ fn read_key_file(path: &Path) -> Result<(Secrets, Stamp), TicketKeyError> {
 pub fn rotate_key_file(path: &Path, keep: usize) -> Result<usize, TicketKeyError> {
     let old = match load_key_file(path) {
         Ok(secrets) => secrets,
-        Err(TicketKeyError::File(mtlsd_crypto::Error::Io { source, .. }))
-            if source.kind() == std::io::ErrorKind::NotFound =>
+        Err(TicketKeyError::File(mtlsd_crypto::Error::Io { cause, .. }))
+            if cause.kind() == std::io::ErrorKind::NotFound =>
         {
             Secrets::new()
         }
@@ -440,7 +438,7 @@ pub fn rotate_key_file(path: &Path, keep: usize) -> Result<usize, TicketKeyError
     crate::files::write_atomic(path, out.as_bytes(), 0o600).map_err(|source| {
         TicketKeyError::Write {
             path: path.to_owned(),
-            source,
+            cause: source,
         }
     })?;
     Ok(keys.len())
@@ -561,7 +559,7 @@ mod tests {
         assert!(matches!(
             Ticketer::new(KeySource::File(path), [0; 32], HOUR),
             Err(TicketKeyError::Invalid {
-                source: KeyFileError::Empty,
+                cause: KeyFileError::Empty,
                 ..
             })
         ));
@@ -682,7 +680,7 @@ mod tests {
             matches!(
                 err,
                 TicketKeyError::Invalid {
-                    source: KeyFileError::BadKey { line: 5 },
+                    cause: KeyFileError::BadKey { line: 5 },
                     ..
                 }
             ),

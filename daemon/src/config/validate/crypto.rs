@@ -1,7 +1,7 @@
 //! Validates `[crypto]`: the backend name, its `[crypto.pkcs11]` or `[crypto.openssl]`
 //! table, and the bounds on device operations.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[cfg(feature = "openssl")]
 use super::super::OpensslSettings;
@@ -105,6 +105,12 @@ impl Validator<'_> {
         let pool_size = self.check_or(&p.pool_size, "crypto.pkcs11.pool_size", 4, |n| {
             count_up_to(n, MAX_POOL_SIZE)
         });
+        if let Some(path) = &module {
+            self.readable_file(p.module.span(), "crypto.pkcs11.module", path);
+        }
+        if let Some(f) = &p.pin_file {
+            self.pin_file(f.span(), "crypto.pkcs11.pin_file", Path::new(f.get_ref()));
+        }
         Some(Pkcs11Settings {
             module: module?,
             pin: sources.pop()?,

@@ -65,6 +65,7 @@ impl Validator<'_> {
             (IdentitySource::Ca { dir, .. }, None) => Some(dir.join("crl.pem")),
             (IdentitySource::Files { .. }, None) => None,
         };
+        self.identity_files(raw, &source, &bundle, crl.as_deref());
         Some(IdentityConfig {
             trust_domain: trust_domain?,
             source,

@@ -185,16 +185,19 @@ impl Validator<'_> {
             deny: deny?,
         };
         if mode == Some(Mode::Strict) && policy.mentions_unauthenticated() {
-            let at = raw
-                .allow
-                .iter()
-                .chain(&raw.deny)
-                .find(|r| r.get_ref() == crate::policy::UNAUTHENTICATED)?;
-            self.report(
-                at,
-                &format!("{key}.allow"),
-                "\"unauthenticated\" only applies to mode = \"permissive\"",
-            );
+            // Each rule is reported under its own list and index: a deny rule is not `allow`.
+            let lists = [("allow", &raw.allow), ("deny", &raw.deny)];
+            for (list, rules) in lists {
+                for (i, rule) in rules.iter().enumerate() {
+                    if rule.get_ref() == crate::policy::UNAUTHENTICATED {
+                        self.report(
+                            rule,
+                            &format!("{key}.{list}[{i}]"),
+                            "\"unauthenticated\" only applies to mode = \"permissive\"",
+                        );
+                    }
+                }
+            }
         }
         let limits = self.limits(&raw.limits, defaults, &format!("{key}.limits"));
         let resumption = self.check_or(

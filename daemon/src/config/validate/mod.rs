@@ -2,9 +2,11 @@
 //! problem instead of stopping at the first; the checks its sections share live here.
 
 mod crypto;
+mod files;
 mod identity;
 mod listeners;
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,11 +17,17 @@ use super::{
     parse_duration,
 };
 
-/// Validates a parsed file: the typed config, or every problem found in it.
-pub(super) fn validate(loc: Locator<'_>, raw: RawConfig) -> Result<Config, Vec<Problem>> {
+/// Validates a parsed file: the typed config, or every problem found in it. With
+/// `check_files`, every file it names must also be readable as the daemon will read it.
+pub(super) fn validate(
+    loc: Locator<'_>,
+    raw: RawConfig,
+    check_files: bool,
+) -> Result<Config, Vec<Problem>> {
     let mut v = Validator {
         loc,
         problems: Vec::new(),
+        check_files,
     };
     match v.config(raw) {
         Some(config) if v.problems.is_empty() => Ok(config),
@@ -34,12 +42,20 @@ pub(super) fn validate(loc: Locator<'_>, raw: RawConfig) -> Result<Config, Vec<P
 struct Validator<'a> {
     loc: Locator<'a>,
     problems: Vec<Problem>,
+    /// Whether files named by the config are opened too (`mtlsd check`), or only their paths
+    /// validated (start and reload, which read them right after anyway).
+    check_files: bool,
 }
 
 impl Validator<'_> {
     /// Records a problem at the span of `at`.
     fn report<T>(&mut self, at: &S<T>, key: &str, message: impl Into<String>) {
-        let p = self.loc.problem(at.span(), key, message);
+        self.report_at(at.span(), key, message);
+    }
+
+    /// Records a problem at `span`.
+    fn report_at(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let p = self.loc.problem(span, key, message);
         self.problems.push(p);
     }
 
@@ -120,6 +136,9 @@ impl Validator<'_> {
     fn resumption(&mut self, raw: &RawResumption) -> Option<ResumptionConfig> {
         let defaults = ResumptionConfig::default();
         let ticket_key_file = self.opt_path(&raw.ticket_key_file, "resumption.ticket_key_file");
+        if let (Some(Some(path)), Some(at)) = (&ticket_key_file, &raw.ticket_key_file) {
+            self.secret_file(at.span(), "resumption.ticket_key_file", path);
+        }
         let ticket_rotation = self.check_or(
             &raw.ticket_rotation,
             "resumption.ticket_rotation",
