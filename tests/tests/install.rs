@@ -64,6 +64,18 @@ fn root_dir() -> tempfile::TempDir {
     dir
 }
 
+/// Writes the config as the layout says (root:mtlsd 0640), then checks as root exactly the
+/// files the service will read.
+fn install_config(path: &Path, text: &str, gid: u32) {
+    std::fs::write(path, text).unwrap();
+    own(path, 0, gid, 0o640);
+    run_ok(
+        Command::new(mtlsd_bin())
+            .args(["check", "--config"])
+            .arg(path),
+    );
+}
+
 /// `mtlsd run` as the service user, with the config in place (not a temp copy).
 fn run_as_service_user(config: &Path) -> Daemon {
     let mut command = Command::new("runuser");
@@ -109,24 +121,16 @@ async fn the_external_pki_recipe_serves_as_the_service_user_and_follows_a_rotati
     own(&bundle, 0, 0, 0o644);
     own(&key, 0, gid, 0o640);
     let config = etc.join("mtlsd.toml");
-    std::fs::write(
+    install_config(
         &config,
-        format!(
+        &format!(
             "[identity]\ntrust_domain = \"{TD}\"\ncert = \"{}\"\nkey = \"{}\"\nbundle = \"{}\"\n{}",
             cert.display(),
             key.display(),
             bundle.display(),
             pki.inbound("web", upstream.addr, "")
         ),
-    )
-    .unwrap();
-    own(&config, 0, gid, 0o640);
-
-    // Root checks exactly the files the service will read.
-    run_ok(
-        Command::new(mtlsd_bin())
-            .args(["check", "--config"])
-            .arg(&config),
+        gid,
     );
     let daemon = run_as_service_user(&config);
     let mut tls = tls_connect(daemon.addr("web"), pki.client("/frontend"))
@@ -195,9 +199,9 @@ async fn the_built_in_ca_recipe_serves_as_the_service_user() {
         TD,
     ]);
     let config = etc.join("mtlsd.toml");
-    std::fs::write(
+    install_config(
         &config,
-        format!(
+        &format!(
             "[identity]\ntrust_domain = \"{TD}\"\nca_dir = \"{}\"\nid = \"spiffe://{TD}/web\"\ndns = [\"localhost\"]\n\
              bundle = \"{}\"\n\n[[inbound]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
              forward = \"{}\"\nallow = [\"spiffe://{TD}\"]\n",
@@ -205,13 +209,7 @@ async fn the_built_in_ca_recipe_serves_as_the_service_user() {
             ca.join("bundle.pem").display(),
             upstream.addr
         ),
-    )
-    .unwrap();
-    own(&config, 0, gid, 0o640);
-    run_ok(
-        Command::new(mtlsd_bin())
-            .args(["check", "--config"])
-            .arg(&config),
+        gid,
     );
 
     // A client certificate from the same CA, issued by the service user (it owns the CA).

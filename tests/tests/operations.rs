@@ -330,15 +330,9 @@ async fn reload_swaps_listeners_and_policy_without_dropping_established_connecti
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_listener_takes_its_socket_from_systemd_socket_activate_by_name() {
-    let pki = Pki::new("example.org");
-    let upstream = echo_upstream().await;
-    let config = write_config(
-        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
-            + &pki.inbound("web", upstream.addr, "")
-            + &pki.inbound("plain", upstream.addr, "")),
-    );
+/// mtlsd under systemd's own `systemd-socket-activate`, which passes a loopback socket named
+/// `fd_name` and starts mtlsd on the first connection; returns the socket's address.
+fn socket_activated(fd_name: &str, config: tempfile::NamedTempFile) -> (Daemon, SocketAddr) {
     // systemd-socket-activate refuses port 0: borrow a free port from the kernel.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -348,7 +342,7 @@ async fn a_listener_takes_its_socket_from_systemd_socket_activate_by_name() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut launcher = Command::new("systemd-socket-activate");
     launcher
-        .args(["-l", &addr.to_string(), "--fdname=web"])
+        .args(["-l", &addr.to_string(), &format!("--fdname={fd_name}")])
         .arg(mtlsd_bin())
         .args(["--log-format", "json", "run", "--config"])
         .arg(config.path());
@@ -358,6 +352,19 @@ async fn a_listener_takes_its_socket_from_systemd_socket_activate_by_name() {
             .as_str()
             .is_some_and(|r| r.starts_with(&format!("Listening on {addr}")))
     });
+    (daemon, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_takes_its_socket_from_systemd_socket_activate_by_name() {
+    let pki = Pki::new("example.org");
+    let upstream = echo_upstream().await;
+    let config = write_config(
+        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
+            + &pki.inbound("web", upstream.addr, "")
+            + &pki.inbound("plain", upstream.addr, "")),
+    );
+    let (daemon, addr) = socket_activated("web", config);
 
     // The first connection makes the launcher start mtlsd with the socket as fd 3.
     let mut tls = tls_connect(addr, pki.client("/frontend")).await.unwrap();
@@ -393,24 +400,7 @@ async fn a_passed_socket_that_no_listener_serves_is_an_error_and_not_ready() {
             + "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
             + &pki.inbound("web", upstream.addr, "")),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut launcher = Command::new("systemd-socket-activate");
-    launcher
-        .args(["-l", &addr.to_string(), "--fdname=public"])
-        .arg(mtlsd_bin())
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config.path());
-    let daemon = Daemon::spawn_command(launcher, config);
-    daemon.wait_for_log("launcher listening", |l| {
-        l["raw"]
-            .as_str()
-            .is_some_and(|r| r.starts_with(&format!("Listening on {addr}")))
-    });
+    let (daemon, addr) = socket_activated("public", config);
     // The first connection starts mtlsd; nobody will ever answer it.
     let _waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
     let unclaimed = daemon.wait_for_log("unclaimed socket", |l| {
