@@ -270,6 +270,28 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// `deserialize_*` methods for every integer width, all read by `integer`.
+macro_rules! forward_integers {
+    ($($method:ident),* $(,)?) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                self.integer(visitor)
+            }
+        )*
+    };
+}
+
+/// `deserialize_*` methods that hand the visitor a fixed empty value.
+macro_rules! placeholders {
+    ($($method:ident => $visit:ident($($value:expr)?)),* $(,)?) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.$visit($($value)?)
+            }
+        )*
+    };
+}
+
 /// Deserializes one value of the tree, recording mistakes instead of failing on them.
 struct ValueDe<'a, 'de> {
     value: DeValue<'de>,
@@ -451,37 +473,17 @@ impl<'de> de::Deserializer<'de> for ValueDe<'_, 'de> {
         }
     }
 
-    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
-
-    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
-
-    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
-
-    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
-
-    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
-
-    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
-
-    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
-
-    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.integer(visitor)
-    }
+    // Integers of every width go through one check; the visitor narrows and says so.
+    forward_integers!(
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64
+    );
 
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         self.deserialize_f64(visitor)
@@ -724,17 +726,6 @@ impl<'de> MapAccess<'de> for AnyMapDe<'_, 'de> {
             walk: self.walk,
         })
     }
-}
-
-/// `deserialize_*` methods that hand the visitor a fixed empty value.
-macro_rules! placeholders {
-    ($($method:ident => $visit:ident($($value:expr)?)),* $(,)?) => {
-        $(
-            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-                visitor.$visit($($value)?)
-            }
-        )*
-    };
 }
 
 /// Stands in for a missing or wrongly typed value: the empty value of whatever type is
