@@ -167,6 +167,8 @@ pub fn prepare(state_dir: &Path, ports: DemoPorts) -> Result<(Config, DemoFiles)
             resumption: SessionResumption::Tickets,
             early_data: 0,
             limits: Limits::default(),
+            protocol: crate::config::Protocol::Tcp,
+            http: None,
         }],
         outbound: vec![OutboundConfig {
             name: "demo-outbound".into(),

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod files;
+pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

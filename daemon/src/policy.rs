@@ -95,7 +95,8 @@ impl fmt::Display for Principal {
 }
 
 impl Principal {
-    fn matches(&self, peer: Peer<'_>) -> bool {
+    /// Whether `peer` is one of the identities this pattern names.
+    pub fn matches(&self, peer: Peer<'_>) -> bool {
         match (self, peer) {
             (Self::Unauthenticated, Peer::Unauthenticated) => true,
             (Self::Exact(want), Peer::Spiffe(id)) => want == id,

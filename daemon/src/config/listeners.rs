@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::as_display;
 use super::duration::as_duration;
+use super::http::{HttpConfig, Protocol};
 use crate::identity::SpiffeId;
 use crate::policy::Policy;
 
@@ -45,6 +46,10 @@ pub struct InboundConfig {
     pub early_data: u32,
     /// Resource limits.
     pub limits: Limits,
+    /// Bytes forwarded as they are, or HTTP requests authorized one by one.
+    pub protocol: Protocol,
+    /// The HTTP settings, present exactly when `protocol` is HTTP.
+    pub http: Option<HttpConfig>,
 }
 
 /// A plaintext loopback listener that dials an mTLS server.

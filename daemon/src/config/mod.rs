@@ -11,6 +11,7 @@ mod crypto;
 mod de;
 mod duration;
 mod error;
+mod http;
 mod listeners;
 mod raw;
 mod validate;
@@ -31,6 +32,9 @@ pub use crypto::{
 use duration::as_duration;
 pub use duration::{MAX_DURATION, format_duration, parse_duration};
 pub use error::{ConfigError, Problem};
+pub use http::{
+    ClaimHeader, HttpConfig, JwksSource, JwtIssuer, Protocol, TokenSource, UpstreamProtocol,
+};
 pub use listeners::{
     InboundConfig, Limits, ListenerCommon, MAX_CONNECTIONS, MAX_EARLY_DATA, Mode, OutboundConfig,
     SessionResumption, Upstream, host_port,

@@ -122,6 +122,118 @@ pub(super) struct RawInbound {
     pub early_data: Option<S<i64>>,
     #[serde(default)]
     pub limits: RawLimits,
+    pub protocol: Option<S<String>>,
+    pub http: Option<S<RawHttp>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub upstream: Option<S<String>>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub early_data_unsafe_methods: bool,
+    pub issuer_header: Option<S<String>>,
+    pub subject_header: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub jwt: Vec<S<RawJwt>>,
+    #[serde(default)]
+    pub rules: Vec<S<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJwt {
+    pub issuer: S<String>,
+    #[serde(default)]
+    pub audiences: Vec<S<String>>,
+    pub jwks_uri: Option<S<String>>,
+    pub jwks: Option<S<String>>,
+    pub jwks_ca: Option<S<String>>,
+    pub jwks_cache: Option<S<String>>,
+    pub jwks_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub from_headers: Vec<S<RawTokenHeader>>,
+    #[serde(default)]
+    pub from_params: Vec<S<String>>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<S<RawClaimHeader>>,
+    pub clock_skew: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokenHeader {
+    pub name: S<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClaimHeader {
+    pub header: S<String>,
+    pub claim: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub name: Option<S<String>>,
+    pub action: S<String>,
+    #[serde(default)]
+    pub from: Vec<S<RawSource>>,
+    #[serde(default)]
+    pub to: Vec<S<RawOperation>>,
+    #[serde(default)]
+    pub when: Vec<S<RawCondition>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    #[serde(default)]
+    pub principals: Vec<S<String>>,
+    #[serde(default)]
+    pub not_principals: Vec<S<String>>,
+    #[serde(default)]
+    pub request_principals: Vec<S<String>>,
+    #[serde(default)]
+    pub not_request_principals: Vec<S<String>>,
+    #[serde(default)]
+    pub ip_blocks: Vec<S<String>>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOperation {
+    #[serde(default)]
+    pub methods: Vec<S<String>>,
+    #[serde(default)]
+    pub not_methods: Vec<S<String>>,
+    #[serde(default)]
+    pub paths: Vec<S<String>>,
+    #[serde(default)]
+    pub not_paths: Vec<S<String>>,
+    #[serde(default)]
+    pub hosts: Vec<S<String>>,
+    #[serde(default)]
+    pub not_hosts: Vec<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCondition {
+    pub key: S<String>,
+    #[serde(default)]
+    pub values: Vec<S<String>>,
+    #[serde(default)]
+    pub not_values: Vec<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -20,11 +20,14 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
+use super::listener::{ConnContext, Route};
 use super::outcome::HandshakeKind;
 use super::policy_verifier::PolicyVerifier;
 use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason, client_hello, peer, proxy_protocol};
 use crate::config::{InboundConfig, Mode, Upstream};
+use crate::http::HttpRoute;
+use crate::http::serve::{Connection as HttpConnection, PeerInfo};
 use crate::identity::{SpiffeId, spiffe_id_of};
 use crate::metrics::ListenerMetrics;
 use crate::policy::{Decision, Peer, Policy, UNAUTHENTICATED};
@@ -44,6 +47,8 @@ pub struct Inbound {
     verifier: Arc<dyn ClientCertVerifier>,
     policy: Arc<Policy>,
     state: RouteState,
+    /// Per-request handling on a `protocol = "http"` listener.
+    http: Option<Arc<HttpRoute>>,
 }
 
 /// A peer that passed the handshake and the policy.
@@ -77,6 +82,7 @@ impl Inbound {
         tls: &TlsIdentity,
         resumption: &ServerResumption,
         metrics: ListenerMetrics,
+        http: Option<Arc<HttpRoute>>,
     ) -> Result<Self, rustls::Error> {
         let verifier = tls.client_verifier()?;
         // Fail at (re)load, not on the first connection, if rustls refuses the config.
@@ -88,7 +94,13 @@ impl Inbound {
             policy: Arc::new(config.policy.clone()),
             state: RouteState::new(&config.limits, metrics, tls.revocations.clone()),
             config,
+            http,
         })
+    }
+
+    /// The HTTP side of a `protocol = "http"` listener.
+    pub fn http(&self) -> Option<&Arc<HttpRoute>> {
+        self.http.as_ref()
     }
 
     /// The listener's configuration.
@@ -102,12 +114,8 @@ impl Inbound {
     }
 
     /// Admits, forwards and closes one accepted connection.
-    pub async fn handle(
-        &self,
-        stream: TcpStream,
-        src: SocketAddr,
-        hard_stop: &CancellationToken,
-    ) -> Outcome {
+    pub async fn handle(&self, stream: TcpStream, src: SocketAddr, conn: ConnContext) -> Outcome {
+        let hard_stop = &conn.hard_stop;
         let started = Instant::now();
         let local = stream.local_addr().unwrap_or(self.config.listen);
         let _ = stream.set_nodelay(true);
@@ -126,6 +134,17 @@ impl Inbound {
             }
             Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone(), None),
         };
+        if let (Some(http), Admitted::Tls { .. }) = (&self.http, &admitted) {
+            let forwarded = self.serve_http(http.clone(), admitted, src, &conn).await;
+            return Ok(Closed {
+                peer_id,
+                rule: Some(rule),
+                handshake,
+                upstream: self.config.forward.to_string(),
+                forwarded,
+                duration: started.elapsed(),
+            });
+        }
         let forwarded = match self.connect_upstream().await {
             Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, hard_stop).await,
             Ok(UpstreamStream::Unix(up)) => self.forward(admitted, up, src, local, hard_stop).await,
@@ -292,7 +311,12 @@ impl Inbound {
             }
             other => other,
         };
-        self.tls.server_config_with(resumption, verifier)
+        let mut config = self.tls.server_config_with(resumption, verifier)?;
+        if self.http.is_some() {
+            // Fresh from the builder, so this does not copy.
+            Arc::make_mut(&mut config).alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
+        Ok(config)
     }
 
     fn authorize(&self, peer: Peer<'_>) -> Result<String, Refusal> {
@@ -334,6 +358,49 @@ impl Inbound {
         timeout(self.config.limits.connect_timeout, connect)
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Serves an authorized peer as HTTP: each request is authorized and proxied on its own.
+    async fn serve_http(
+        &self,
+        own: Arc<HttpRoute>,
+        admitted: Admitted,
+        src: SocketAddr,
+        conn: &ConnContext,
+    ) -> Forwarded {
+        let Admitted::Tls {
+            stream, id, early, ..
+        } = admitted
+        else {
+            return Forwarded::failed(std::io::Error::other("plaintext peer on an HTTP listener"));
+        };
+        let tls = stream.connection();
+        let h2 = tls.alpn_protocol() == Some(b"h2");
+        let leaf = tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
+        if !early.is_empty() {
+            self.state.metrics.from_peer.inc_by(early.len() as u64);
+        }
+        let peer = PeerInfo::new(id, src, &leaf, &self.tls.svid.id);
+        let listener = conn.listener.clone();
+        // A reload that keeps this listener HTTP applies its new rules to the next request.
+        let current = move || match listener.route() {
+            Route::Inbound(i) => i.http().cloned().unwrap_or_else(|| own.clone()),
+            Route::Outbound(_) => own.clone(),
+        };
+        let connection = HttpConnection {
+            current,
+            peer,
+            early,
+            h2,
+            idle_timeout: self.config.limits.idle_timeout,
+        };
+        connection
+            .serve(FlushOnRead(stream), &conn.draining, &conn.hard_stop)
+            .await
     }
 
     async fn forward<U>(

@@ -68,17 +68,23 @@ impl Route {
         &self.state().metrics
     }
 
-    async fn handle(
-        &self,
-        stream: TcpStream,
-        src: SocketAddr,
-        hard_stop: &CancellationToken,
-    ) -> Outcome {
+    async fn handle(&self, stream: TcpStream, src: SocketAddr, conn: ConnContext) -> Outcome {
         match self {
-            Self::Inbound(i) => i.handle(stream, src, hard_stop).await,
-            Self::Outbound(o) => o.handle(stream, hard_stop).await,
+            Self::Inbound(i) => i.handle(stream, src, conn).await,
+            Self::Outbound(o) => o.handle(stream, &conn.hard_stop).await,
         }
     }
+}
+
+/// What a connection needs from its listener beyond the route it was accepted on.
+#[derive(Debug, Clone)]
+pub struct ConnContext {
+    /// Cancelled when established connections must close now.
+    pub hard_stop: CancellationToken,
+    /// Cancelled when the daemon drains: HTTP connections finish their requests and close.
+    pub draining: CancellationToken,
+    /// The listener, whose route a reload replaces: HTTP requests use the one in force.
+    pub listener: Arc<Listener>,
 }
 
 /// One connection's accounting: the active gauge and the line that ends it, even on a panic.
@@ -236,10 +242,14 @@ impl Listener {
                 refusal.log(route.name(), src);
                 continue;
             };
-            let hard_stop = drain.hard_stop.clone();
+            let conn = ConnContext {
+                hard_stop: drain.hard_stop.clone(),
+                draining: drain.stop_accepting.clone(),
+                listener: self.clone(),
+            };
             drain.tracker.spawn(async move {
                 let open = OpenConnection::new(route.name(), route.metrics(), src);
-                let outcome = route.handle(stream, src, &hard_stop).await;
+                let outcome = route.handle(stream, src, conn).await;
                 drop(permit);
                 open.close(&outcome);
             });

@@ -56,6 +56,14 @@ pub enum StartError {
         /// What rustls said.
         cause: TlsError,
     },
+    /// An HTTP listener's JWT keys (a JWKS file, or the CAs of a JWKS URI) could not be loaded.
+    #[error("listener {listener}: {cause}")]
+    Http {
+        /// The listener.
+        listener: String,
+        /// What failed.
+        cause: String,
+    },
     /// The session ticket keys could not be loaded.
     #[error("resumption.ticket_key_file: {0}")]
     TicketKeys(TicketKeyError),

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{Config, InboundConfig, ListenerCommon, OutboundConfig};
+use crate::http::HttpRoute;
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::inbound::Inbound;
 use crate::proxy::listener::Route;
@@ -137,7 +138,14 @@ impl ListenerConfig {
         };
         Ok(match self {
             Self::Inbound(c) => {
-                let route = Inbound::new(c, tls, resumption, listener_metrics).map_err(tls_err)?;
+                let http = HttpRoute::new(&c, metrics.http(&name))
+                    .map_err(|cause| StartError::Http {
+                        listener: name.clone(),
+                        cause,
+                    })?
+                    .map(Arc::new);
+                let route =
+                    Inbound::new(c, tls, resumption, listener_metrics, http).map_err(tls_err)?;
                 Route::Inbound(Arc::new(route))
             }
             Self::Outbound(c) => {

@@ -232,6 +232,7 @@ impl Validator<'_> {
                      stops a replayed ClientHello from delivering its early data twice",
             );
         }
+        let protocol = self.protocol(raw, key);
         Some(InboundConfig {
             name: raw.name.get_ref().clone(),
             listen: listen?,
@@ -242,6 +243,8 @@ impl Validator<'_> {
             resumption: resumption?,
             early_data: early_data?,
             limits: limits?,
+            protocol: protocol.as_ref()?.0,
+            http: protocol?.1,
         })
     }
 

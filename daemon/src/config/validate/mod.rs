@@ -3,6 +3,7 @@
 
 mod crypto;
 mod files;
+mod http;
 mod identity;
 mod listeners;
 
