@@ -422,7 +422,7 @@ proxy_protocol = "yes"
 "#;
     let text = format!("{IDENTITY}{body}");
     let colour = "unknown field `colour`; expected one of `name`, `listen`, `forward`, `mode`, \
-                  `allow`, `deny`, `proxy_protocol`, `resumption`, `early_data`, `limits`";
+                  `allow`, `deny`, `proxy_protocol`, `resumption`, `early_data`, `limits`, `protocol`, `http`";
     assert_eq!(
         problems(body),
         [
@@ -772,5 +772,155 @@ fn a_misspelt_key_is_one_problem_not_two() {
     assert!(
         p[0].contains("inbound[0].allow[0]: trust domain has 'E'"),
         "{p:#?}"
+    );
+}
+
+const HTTP_LISTENER: &str = r#"
+[[inbound]]
+name = "api"
+listen = "0.0.0.0:8443"
+forward = "127.0.0.1:8080"
+allow = ["spiffe://example.org"]
+protocol = "http"
+"#;
+
+#[test]
+fn an_http_listener_reads_its_rules_and_issuers() {
+    let body = format!(
+        r#"{HTTP_LISTENER}
+[inbound.http]
+upstream = "h2c"
+dry_run = true
+
+[[inbound.http.jwt]]
+issuer = "https://idp.example.org"
+audiences = ["api"]
+jwks_uri = "https://idp.example.org/jwks"
+from_params = ["access_token"]
+output_claim_to_headers = [{{ header = "x-team", claim = "org.team" }}]
+
+[[inbound.http.rules]]
+name = "no-admin"
+action = "DENY"
+from = [{{ not_principals = ["spiffe://example.org/ops/*"] }}]
+to = [{{ paths = ["/admin/*"], methods = ["POST"] }}]
+when = [{{ key = "request.auth.claims[org][team]", values = ["payments"] }}]
+"#
+    );
+    let config = parse(&body).unwrap();
+    let inbound = &config.inbound[0];
+    assert_eq!(inbound.protocol, Protocol::Http);
+    let http = inbound.http.as_ref().unwrap();
+    assert_eq!(http.upstream, UpstreamProtocol::H2c);
+    assert!(http.dry_run);
+    assert_eq!(http.rules[0].action, crate::http::rules::Action::Deny);
+    assert_eq!(
+        http.rules[0].when[0].key.to_string(),
+        "request.auth.claims[org][team]"
+    );
+    let jwt = &http.jwt[0];
+    assert_eq!(
+        jwt.from,
+        [TokenSource::Param {
+            name: "access_token".into()
+        }]
+    );
+    assert_eq!(jwt.clock_skew, Duration::from_secs(60));
+    assert_eq!(jwt.claim_headers[0].header.as_str(), "x-team");
+    // Without `protocol`, a listener stays a byte-for-byte forward.
+    let tcp = parse(&HTTP_LISTENER.replace("protocol = \"http\"", "")).unwrap();
+    assert_eq!(tcp.inbound[0].protocol, Protocol::Tcp);
+    assert!(tcp.inbound[0].http.is_none());
+}
+
+#[test]
+fn mistakes_in_http_rules_and_issuers_are_located() {
+    let body = format!(
+        r#"{HTTP_LISTENER}
+[[inbound.http.jwt]]
+issuer = "https://idp.example.org"
+jwks_uri = "ftp://idp.example.org/jwks"
+clock_skew = "1h"
+
+[[inbound.http.jwt]]
+issuer = "https://other.example.org"
+
+[[inbound.http.rules]]
+action = "permit"
+to = [{{ paths = ["admin/*"], methods = ["GET /"] }}]
+when = [{{ key = "request.auth.claim[groups]", values = ["x"] }}]
+
+[[inbound.http.rules]]
+action = "allow"
+from = [{{ ip_blocks = ["10.0.0.0/33"], principals = ["spiffe://example.org/a*"] }}]
+when = [{{ key = "request.headers[x-env]" }}]
+"#
+    );
+    let text = format!("{IDENTITY}{body}");
+    let found = problems(&body);
+    let want = [
+        format!(
+            "{}: inbound[0].http.jwt[0].jwks_uri: \"ftp://idp.example.org/jwks\": jwks_uri must be an http:// or https:// URL with a host",
+            at(&text, "\"ftp:")
+        ),
+        format!(
+            "{}: inbound[0].http.jwt[0].clock_skew: must be at most 10m: a larger skew lets expired tokens in",
+            at(&text, "\"1h\"")
+        ),
+        format!(
+            "{}: inbound[0].http.jwt[1].jwks_uri: an issuer needs its keys: jwks_uri (fetched and cached) or jwks (a local file)",
+            at(&text, "\"https://other")
+        ),
+        format!(
+            "{}: inbound[0].http.rules[0].action: unknown action \"permit\": expected \"allow\", \"deny\" or \"audit\"",
+            at(&text, "\"permit\"")
+        ),
+        format!(
+            "{}: inbound[0].http.rules[0].to[0].paths[0]: \"admin/*\": a path starts with '/' (or '*' for a suffix match)",
+            at(&text, "\"admin/*\"")
+        ),
+        format!(
+            "{}: inbound[0].http.rules[0].to[0].methods[0]: \"GET /\" is not an HTTP method",
+            at(&text, "\"GET /\"")
+        ),
+        format!(
+            "{}: inbound[0].http.rules[0].when[0].key: unknown condition key \"request.auth.claim[groups]\": expected request.auth.claims[…], request.headers[…], request.auth.principal, request.auth.audiences, source.ip or source.principal",
+            at(&text, "\"request.auth.claim[")
+        ),
+        format!(
+            "{}: inbound[0].http.rules[1].from[0].ip_blocks[0]: \"10.0.0.0/33\": the prefix length must be 0 to 32",
+            at(&text, "\"10.0.0.0/33\"")
+        ),
+        format!(
+            "{}: inbound[0].http.rules[1].from[0].principals[0]: '*' is only allowed as the whole last path segment, as in spiffe://td/ns/*",
+            at(&text, "\"spiffe://example.org/a*\"")
+        ),
+        format!(
+            "{}: inbound[0].http.rules[1].when[0].values: a condition needs values or not_values",
+            at(&text, "\"request.headers[x-env]\"")
+        ),
+    ];
+    assert_eq!(found, want);
+}
+
+#[test]
+fn an_http_table_on_a_tcp_listener_is_refused() {
+    let body = r#"
+[[inbound]]
+name = "raw"
+listen = "0.0.0.0:8443"
+forward = "127.0.0.1:8080"
+allow = ["spiffe://example.org"]
+
+[inbound.http]
+dry_run = true
+"#;
+    let text = format!("{IDENTITY}{body}");
+    assert_eq!(
+        problems(body),
+        [format!(
+            "{}: inbound[0].http: [inbound.http] only applies to protocol = \"http\"",
+            at(&text, "[inbound.http]")
+        )]
     );
 }

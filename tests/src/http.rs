@@ -1,0 +1,171 @@
+//! HTTP on both sides of an HTTP listener: a real local service that records every request
+//! it receives, and curl as the mTLS client.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::HeaderMap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use super::CertFiles;
+
+/// One request as the service received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Request method.
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// HTTP version, as `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
+    /// Every header.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A local HTTP/1.1 and h2c service answering `200 <target>` and recording each request.
+pub struct Service {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Service {
+    /// Starts it on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (log, count) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let log = log.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let target = parts
+                                    .uri
+                                    .path_and_query()
+                                    .map_or("/", |p| p.as_str())
+                                    .to_owned();
+                                log.lock().unwrap().push(Seen {
+                                    method: parts.method.to_string(),
+                                    target: target.clone(),
+                                    version: format!("{:?}", parts.version),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                    Bytes::from(format!("served {target}")),
+                                )))
+                            }
+                        },
+                    );
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Requests received so far whose target contains `part`.
+    pub fn seen_with(&self, part: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.target.contains(part))
+            .collect()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// What curl got back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// `1.1` or `2`.
+    pub version: String,
+    /// The body.
+    pub body: String,
+    /// The response headers, lower-cased names, as `name: value` lines.
+    pub headers: String,
+}
+
+/// A curl invocation against an HTTP listener on `addr`, with `client`'s certificate.
+pub fn curl(addr: SocketAddr, bundle: &Path, client: &CertFiles) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(bundle)
+        .arg("--cert")
+        .arg(&client.cert)
+        .arg("--key")
+        .arg(&client.key)
+        .arg("--resolve")
+        .arg(format!("localhost:{}:{}", addr.port(), addr.ip()));
+    c
+}
+
+/// Sends one request with curl and returns the reply; `extra` adds curl arguments
+/// (`--http2`, `-H`, `-X`, ...), `path` includes any query.
+pub fn request(
+    addr: SocketAddr,
+    bundle: &Path,
+    client: &CertFiles,
+    extra: &[&str],
+    path: &str,
+) -> Reply {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers");
+    let out = super::run_ok(
+        curl(addr, bundle, client)
+            .args(extra)
+            .arg("-D")
+            .arg(&headers)
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .arg(format!("https://localhost:{}{path}", addr.port())),
+    );
+    let (body, tail) = out.rsplit_once('\n').unwrap_or(("", &out));
+    let (status, version) = tail.split_once(' ').unwrap_or((tail, ""));
+    Reply {
+        status: status.parse().unwrap_or(0),
+        version: version.to_owned(),
+        body: body.to_owned(),
+        headers: std::fs::read_to_string(&headers)
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+    }
+}
