@@ -31,12 +31,15 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-/// A local HTTP/1.1 and h2c service answering `200 <target>` and recording each request.
+/// A local HTTP/1.1 and h2c service answering `200 <target>` and recording each request;
+/// a request whose path starts with `/hold` is recorded, then answered only once the test
+/// calls [`Service::release`].
 pub struct Service {
     /// Where it listens.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
+    held: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
@@ -46,40 +49,15 @@ impl Service {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let connections = Arc::new(AtomicUsize::new(0));
-        let (log, count) = (seen.clone(), connections.clone());
+        let held = Arc::new(tokio::sync::Semaphore::new(0));
+        let (log, count, gate) = (seen.clone(), connections.clone(), held.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let log = log.clone();
+                let (log, gate) = (log.clone(), gate.clone());
+                let service =
+                    hyper::service::service_fn(move |req| answer(req, log.clone(), gate.clone()));
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let log = log.clone();
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let target = parts
-                                    .uri
-                                    .path_and_query()
-                                    .map_or("/", |p| p.as_str())
-                                    .to_owned();
-                                log.lock().unwrap().push(Seen {
-                                    method: parts.method.to_string(),
-                                    target: target.clone(),
-                                    version: format!("{:?}", parts.version),
-                                    headers: parts.headers,
-                                    body,
-                                });
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                    Bytes::from(format!("served {target}")),
-                                )))
-                            }
-                        },
-                    );
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -90,7 +68,13 @@ impl Service {
             addr,
             seen,
             connections,
+            held,
         }
+    }
+
+    /// Lets `n` held `/hold` requests be answered.
+    pub fn release(&self, n: usize) {
+        self.held.add_permits(n);
     }
 
     /// Every request received so far.
@@ -110,6 +94,42 @@ impl Service {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// Records `req`, holds it if its path starts with `/hold`, and answers `served <target>`.
+async fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    log: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let hold = req.uri().path().starts_with("/hold");
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    log.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target: target.clone(),
+        version: format!("{:?}", parts.version),
+        headers: parts.headers,
+        body,
+    });
+    if hold {
+        gate.acquire()
+            .await
+            .expect("the gate is never closed")
+            .forget();
+    }
+    Ok(hyper::Response::new(Full::new(Bytes::from(format!(
+        "served {target}"
+    )))))
 }
 
 /// What curl got back.

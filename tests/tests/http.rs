@@ -555,7 +555,13 @@ async fn tokens_from_a_real_identity_provider_are_validated_and_its_key_rotation
         &pki,
         &service,
         "",
-        &(jwt_table(&idp, "clock_skew = \"0s\"") + need_token),
+        &(jwt_table(
+            &idp,
+            "clock_skew = \"0s\"\n\
+             from_headers = [{ name = \"authorization\", prefix = \"Bearer \" }]\n\
+             from_params = [\"access_token\"]\n\
+             output_claim_to_headers = [{ header = \"x-team\", claim = \"org.team\" }]",
+        ) + need_token),
     );
     let addr = daemon.addr("api");
     let client = pki.issue(&pki.id("/frontend"));
@@ -588,7 +594,22 @@ async fn tokens_from_a_real_identity_provider_are_validated_and_its_key_rotation
     let seen = &service.seen_with("good")[0];
     assert_eq!(seen.headers["x-jwt-issuer"], idp.issuer.as_str());
     assert_eq!(seen.headers["x-jwt-subject"], "mtlsd-test");
+    assert_eq!(
+        seen.headers["x-team"], "payments",
+        "output_claim_to_headers"
+    );
+    assert!(!seen.headers.contains_key("authorization"));
     assert_eq!(get("", "no-token").status, 401, "the rule requires a token");
+    // The same token as a query parameter, which is removed before the request goes on.
+    let reply = request(
+        addr,
+        &pki.bundle(),
+        &client,
+        &[],
+        &format!("/q?tag=query&access_token={good}&x=1"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(service.seen_with("tag=query")[0].target, "/q?tag=query&x=1");
 
     let wrong_aud = idp.token("mtlsd-test", "mtlsd-test-secret", "urn:mtlsd:other");
     refused(&wrong_aud, "aud", "another audience");
@@ -946,4 +967,50 @@ print("\n".join(out))
     let closed = daemon.logs_where(|l| l["message"] == "connection closed");
     assert_eq!(closed.len(), 1, "{closed:?}");
     assert_eq!(requests(&daemon).len(), 160);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_requests_in_flight_finish_and_closes_their_connections() {
+    let pki = Pki::new("drain.test");
+    let service = Service::start().await;
+    let mut daemon = start(&pki, &service, "", "");
+    let addr = daemon.addr("api");
+    let bundle = pki.bundle();
+    let client = pki.issue(&pki.id("/frontend"));
+    let clients: Vec<_> = [("--http1.1", "/hold/h1"), ("--http2", "/hold/h2")]
+        .into_iter()
+        .map(|(version, path)| {
+            let (bundle, client) = (bundle.clone(), client.clone());
+            std::thread::spawn(move || request(addr, &bundle, &client, &[version], path))
+        })
+        .collect();
+    // Both requests are at the service, unanswered, when the drain starts.
+    let deadline = std::time::Instant::now() + WAIT;
+    while service.seen_with("/hold").len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    daemon.terminate();
+    daemon.wait_for_log("draining", |l| l["message"] == "draining");
+    service.release(2);
+    let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    // HTTP/1.1 is told the connection ends; HTTP/2 gets a GOAWAY (curl then just closes).
+    assert!(
+        replies[0].headers.contains("connection: close"),
+        "{:?}",
+        replies[0]
+    );
+    assert!(daemon.wait_exit().success());
+    let closed = daemon.logs_where(|l| l["message"] == "connection closed");
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert!(
+        closed.iter().all(|l| l["reason"] == "completed"),
+        "{closed:?}"
+    );
 }
