@@ -232,241 +232,66 @@ to = [{{ methods = ["DELETE"] }}]
         .map(|p| (p, pki.issue(&id(p))))
         .collect();
 
-    use Tok::*;
-    let c = |client, method, path, token, status, decision, rule, audit| Case {
-        client,
-        method,
-        path,
-        token,
-        status,
-        decision,
-        rule,
-        audit,
-    };
-    let cases = [
-        c(
-            "/frontend",
-            "GET",
-            "/public/x",
-            None,
-            200,
-            "allow",
-            "public-reads",
-            "",
-        ),
-        c(
-            "/frontend",
-            "GET",
-            "/data/report.json",
-            None,
-            200,
-            "allow",
-            "public-reads",
-            "",
-        ),
-        c(
-            "/frontend",
-            "POST",
-            "/public/x",
-            None,
-            401,
-            "no_match",
-            "",
-            "",
-        ),
-        c(
-            "/frontend",
-            "POST",
-            "/public/x",
-            Dev,
-            403,
-            "no_match",
-            "",
-            "",
-        ),
-        c(
-            "/batch",
-            "POST",
-            "/public/x",
-            Admin,
-            403,
-            "deny",
-            "no-batch-writes",
-            "",
-        ),
-        c(
-            "/batch",
-            "GET",
-            "/public/x",
-            None,
-            200,
-            "allow",
-            "public-reads",
-            "",
-        ),
-        c(
-            "/frontend",
-            "GET",
-            "/internal/keys",
-            Admin,
-            403,
-            "deny",
-            "internal",
-            "",
-        ),
-        c(
-            "/admin-tool",
-            "GET",
-            "/internal/keys",
-            Admin,
-            200,
-            "allow",
-            "admins",
-            "",
-        ),
-        c(
-            "/admin-tool",
-            "GET",
-            "/internal/keys",
-            None,
-            401,
-            "no_match",
-            "",
-            "",
-        ),
-        c(
-            "/frontend",
-            "DELETE",
-            "/api/x",
-            Admin,
-            200,
-            "allow",
-            "admins",
-            "audit-deletes",
-        ),
-        c(
-            "/frontend",
-            "DELETE",
-            "/api/y",
-            Dev,
-            200,
-            "allow",
-            "frontend-api",
-            "audit-deletes",
-        ),
-        c(
-            "/batch",
-            "DELETE",
-            "/api/x",
-            Admin,
-            403,
-            "deny",
-            "no-batch-writes",
-            "audit-deletes",
-        ),
-        c(
-            "/frontend",
-            "GET",
-            "/payments/1",
-            Dev,
-            200,
-            "allow",
-            "payments-team",
-            "",
-        ),
-        c(
-            "/frontend",
-            "GET",
-            "/payments/2",
-            Admin,
-            200,
-            "allow",
-            "admins",
-            "",
-        ),
-        c(
-            "/batch",
-            "GET",
-            "/payments/3",
-            Dev,
-            200,
-            "allow",
-            "payments-team",
-            "",
-        ),
-        c(
-            "/batch",
-            "GET",
-            "/payments/4",
-            None,
-            401,
-            "no_match",
-            "",
-            "",
-        ),
-        c("/frontend", "GET", "/api/z", None, 401, "no_match", "", ""),
-        c("/batch", "GET", "/api/z", Dev, 403, "no_match", "", ""),
-        c(
-            "/frontend",
-            "GET",
-            "/api/z",
-            Tampered,
-            401,
-            "unauthenticated",
-            "",
-            "",
-        ),
-        c(
-            "/frontend",
-            "GET",
-            "//public/../internal/x",
-            Admin,
-            403,
-            "deny",
-            "internal",
-            "",
-        ),
-        c(
-            "/frontend",
-            "GET",
-            "/public/y",
-            Tampered,
-            401,
-            "unauthenticated",
-            "",
-            "",
-        ),
-        c(
-            "/admin-tool",
-            "PUT",
-            "/anything",
-            Admin,
-            200,
-            "allow",
-            "admins",
-            "",
-        ),
-        c(
-            "/frontend",
-            "GET",
-            "/%70ublic/z",
-            None,
-            200,
-            "allow",
-            "public-reads",
-            "",
-        ),
-    ];
+    // client, method, path, token, status, decision, deciding rule, audit rule ("-": none)
+    let table = "
+        /frontend   GET    /public/x              -        200 allow           public-reads    -
+        /frontend   GET    /data/report.json      -        200 allow           public-reads    -
+        /frontend   POST   /public/x              -        401 no_match        -               -
+        /frontend   POST   /public/x              dev      403 no_match        -               -
+        /batch      POST   /public/x              admin    403 deny            no-batch-writes -
+        /batch      GET    /public/x              -        200 allow           public-reads    -
+        /frontend   GET    /internal/keys         admin    403 deny            internal        -
+        /admin-tool GET    /internal/keys         admin    200 allow           admins          -
+        /admin-tool GET    /internal/keys         -        401 no_match        -               -
+        /frontend   DELETE /api/x                 admin    200 allow           admins          audit-deletes
+        /frontend   DELETE /api/y                 dev      200 allow           frontend-api    audit-deletes
+        /batch      DELETE /api/x                 admin    403 deny            no-batch-writes audit-deletes
+        /frontend   GET    /payments/1            dev      200 allow           payments-team   -
+        /frontend   GET    /payments/2            admin    200 allow           admins          -
+        /batch      GET    /payments/3            dev      200 allow           payments-team   -
+        /batch      GET    /payments/4            -        401 no_match        -               -
+        /frontend   GET    /api/z                 -        401 no_match        -               -
+        /batch      GET    /api/z                 dev      403 no_match        -               -
+        /frontend   GET    /api/z                 tampered 401 unauthenticated -               -
+        /frontend   GET    //public/../internal/x admin    403 deny            internal        -
+        /frontend   GET    /public/y              tampered 401 unauthenticated -               -
+        /admin-tool PUT    /anything              admin    200 allow           admins          -
+        /frontend   GET    /%70ublic/z            -        200 allow           public-reads    -
+    ";
+    let none = |s: &'static str| if s == "-" { "" } else { s };
+    let cases: Vec<Case> = table
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&'static str> = l.split_whitespace().collect();
+            Case {
+                client: f[0],
+                method: f[1],
+                path: f[2],
+                token: match f[3] {
+                    "-" => Tok::None,
+                    "dev" => Tok::Dev,
+                    "admin" => Tok::Admin,
+                    "tampered" => Tok::Tampered,
+                    other => panic!("unknown token {other}"),
+                },
+                status: f[4].parse().unwrap(),
+                decision: f[5],
+                rule: none(f[6]),
+                audit: none(f[7]),
+            }
+        })
+        .collect();
     let mut expected: HashMap<(String, String, u16), f64> = HashMap::new();
     for (n, case) in cases.iter().enumerate() {
         let tag = format!("case={n}");
         let header;
         let mut args = vec!["-X", case.method, "--path-as-is"];
         let token = match case.token {
-            None => Option::None,
-            Dev => Some(&dev),
-            Admin => Some(&admin),
-            Tampered => Some(&tampered),
+            Tok::None => None,
+            Tok::Dev => Some(&dev),
+            Tok::Admin => Some(&admin),
+            Tok::Tampered => Some(&tampered),
         };
         if let Some(t) = token {
             header = bearer(t);
@@ -480,7 +305,7 @@ to = [{{ methods = ["DELETE"] }}]
         );
         assert_eq!(reply.status, case.status, "{what}");
         if case.status == 401 {
-            let challenge = if case.token == Tampered {
+            let challenge = if case.token == Tok::Tampered {
                 "www-authenticate: bearer error=\"invalid_token\""
             } else {
                 "www-authenticate: bearer realm="
@@ -499,7 +324,7 @@ to = [{{ methods = ["DELETE"] }}]
             // The token is stripped before the request goes upstream; its subject is not.
             assert!(!reached[0].headers.contains_key("authorization"), "{what}");
             let sub = token.map(|_| {
-                if case.token == Dev {
+                if case.token == Tok::Dev {
                     "mtlsd-test"
                 } else {
                     "mtlsd-admin"
@@ -523,7 +348,7 @@ to = [{{ methods = ["DELETE"] }}]
             .entry((case.decision.to_owned(), case.rule.to_owned(), case.status))
             .or_default() += 1.0;
     }
-    let (_, metrics) = admin_request(daemon.admin_addr(), "/metrics", Option::None);
+    let (_, metrics) = admin_request(daemon.admin_addr(), "/metrics", None);
     for ((decision, rule, status), count) in &expected {
         let series = format!(
             "mtlsd_http_requests_total{{listener=\"api\",decision=\"{decision}\",rule=\"{rule}\",status=\"{status}\"}}"

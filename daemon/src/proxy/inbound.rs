@@ -134,27 +134,25 @@ impl Inbound {
             }
             Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone(), None),
         };
-        if let (Some(http), Admitted::Tls { .. }) = (&self.http, &admitted) {
-            let forwarded = self.serve_http(http.clone(), admitted, src, &conn).await;
-            return Ok(Closed {
-                peer_id,
-                rule: Some(rule),
-                handshake,
-                upstream: self.config.forward.to_string(),
-                forwarded,
-                duration: started.elapsed(),
-            });
-        }
-        let forwarded = match self.connect_upstream().await {
-            Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, hard_stop).await,
-            Ok(UpstreamStream::Unix(up)) => self.forward(admitted, up, src, local, hard_stop).await,
-            Err(e) => {
-                return Err(Refusal::new(
-                    RefuseReason::UpstreamUnavailable,
-                    format!("{}: {e}", self.config.forward),
-                )
-                .with_peer(&peer_id));
+        let forwarded = match (&self.http, &admitted) {
+            (Some(http), Admitted::Tls { .. }) => {
+                self.serve_http(http.clone(), admitted, src, &conn).await
             }
+            _ => match self.connect_upstream().await {
+                Ok(UpstreamStream::Tcp(up)) => {
+                    self.forward(admitted, up, src, local, hard_stop).await
+                }
+                Ok(UpstreamStream::Unix(up)) => {
+                    self.forward(admitted, up, src, local, hard_stop).await
+                }
+                Err(e) => {
+                    return Err(Refusal::new(
+                        RefuseReason::UpstreamUnavailable,
+                        format!("{}: {e}", self.config.forward),
+                    )
+                    .with_peer(&peer_id));
+                }
+            },
         };
         Ok(Closed {
             peer_id,
