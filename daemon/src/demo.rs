@@ -184,6 +184,7 @@ pub fn prepare(state_dir: &Path, ports: DemoPorts) -> Result<(Config, DemoFiles)
             listen: DemoPorts::addr(ports.admin),
         }),
         resumption: ResumptionConfig::default(),
+        recheck: crate::proxy::live::RecheckMode::Close,
     };
     Ok((config, files))
 }

@@ -139,6 +139,7 @@ pub struct Metrics {
     last_reload: Gauge,
     early_data_bytes: Family<ListenerLabels, Counter>,
     copy_buffer_bytes: Family<ListenerLabels, Gauge>,
+    recheck_closed: Family<ReasonLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
     http_audits: Family<AuditLabels, Counter>,
     http_seconds: HistogramFamily<ListenerLabels>,
@@ -167,6 +168,7 @@ impl Metrics {
             last_reload: Gauge::default(),
             early_data_bytes: Family::default(),
             copy_buffer_bytes: Family::default(),
+            recheck_closed: Family::default(),
             http_requests: Family::default(),
             http_audits: Family::default(),
             http_seconds: Family::new_with_constructor(request_histogram),
@@ -241,6 +243,11 @@ impl Metrics {
             m.copy_buffer_bytes.clone(),
         );
         registry.register(
+            "connections_closed_while_open",
+            "Open connections closed by a re-check (revoked, deauthorized, untrusted) or max_connection_lifetime",
+            m.recheck_closed.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests on protocol = \"http\" listeners, by decision, deciding rule and status",
             m.http_requests.clone(),
@@ -301,6 +308,17 @@ impl Metrics {
                 upstream_errors: self.upstream_errors.clone(),
             },
         }
+    }
+
+    /// An open connection on `listener` was closed for `reason` by a re-check or its lifetime.
+    pub fn closed_while_open(&self, listener: &str, direction: Direction, reason: &'static str) {
+        self.recheck_closed
+            .get_or_create(&ReasonLabels {
+                listener: listener.to_owned(),
+                direction: direction.as_str(),
+                reason,
+            })
+            .inc();
     }
 
     /// Handles for one HTTP listener's requests.

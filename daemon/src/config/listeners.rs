@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::as_display;
-use super::duration::as_duration;
+use super::duration::{as_duration, as_optional_duration};
 use super::http::{HttpConfig, Protocol};
 use crate::identity::SpiffeId;
 use crate::policy::Policy;
@@ -133,6 +133,9 @@ pub struct Limits {
     /// Time allowed to connect to the upstream.
     #[serde(serialize_with = "as_duration")]
     pub connect_timeout: Duration,
+    /// A connection open this long is closed, so it re-handshakes under the identity in force.
+    #[serde(serialize_with = "as_optional_duration")]
+    pub max_connection_lifetime: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -145,6 +148,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),
+            max_connection_lifetime: None,
         }
     }
 }

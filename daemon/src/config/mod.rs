@@ -41,6 +41,7 @@ pub use listeners::{
 };
 
 use crate::identity::SpiffeId;
+use crate::proxy::live::RecheckMode;
 
 /// The largest `session_cache_size`: a million sessions is hundreds of MiB already.
 pub const MAX_SESSION_CACHE: usize = 1_000_000;
@@ -66,6 +67,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Session-ticket keys and the session cache, shared by inbound listeners.
     pub resumption: ResumptionConfig,
+    /// What a change of policy, CRL or bundle does to open connections it would now refuse.
+    pub recheck: RecheckMode,
 }
 
 /// How inbound listeners resume TLS sessions; see [`SessionResumption`] for the per-listener choice.

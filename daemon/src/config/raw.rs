@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub resumption: RawResumption,
     #[serde(default)]
+    pub recheck: RawRecheck,
+    #[serde(default)]
     pub inbound: Vec<S<RawInbound>>,
     #[serde(default)]
     pub outbound: Vec<S<RawOutbound>>,
@@ -83,6 +85,7 @@ pub(super) struct RawLimits {
     pub handshake_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
+    pub max_connection_lifetime: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,6 +94,12 @@ pub(super) struct RawResumption {
     pub ticket_key_file: Option<S<String>>,
     pub ticket_rotation: Option<S<String>>,
     pub session_cache_size: Option<S<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRecheck {
+    pub mode: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -73,6 +73,13 @@ impl Revocations {
         &self.files
     }
 
+    /// Whether a CRL revokes the certificate `serial` of `issuer` (a DER name).
+    pub fn revokes(&self, issuer: &[u8], serial: &[u8]) -> bool {
+        // Borrowed lookups would need a different key type; the set is small and this is
+        // only asked for open connections after a change.
+        self.revoked.contains(&(issuer.to_vec(), serial.to_vec()))
+    }
+
     /// Fails with the first certificate of `chain` that a CRL revokes.
     pub fn check(&self, chain: &[CertificateDer<'_>]) -> Result<(), Revoked> {
         if self.revoked.is_empty() {

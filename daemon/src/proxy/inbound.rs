@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
 use super::listener::{ConnContext, Route};
+use super::live::{PeerFacts, Registration};
 use super::outcome::HandshakeKind;
 use super::policy_verifier::PolicyVerifier;
 use super::route_state::RouteState;
@@ -29,7 +30,7 @@ use crate::config::{InboundConfig, Mode, Upstream};
 use crate::http::HttpRoute;
 use crate::http::serve::{Connection as HttpConnection, PeerInfo};
 use crate::identity::{SpiffeId, spiffe_id_of};
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{Direction, ListenerMetrics};
 use crate::policy::{Decision, Peer, Policy, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
 use rustls::server::danger::ClientCertVerifier;
@@ -98,6 +99,11 @@ impl Inbound {
         })
     }
 
+    /// The connection-level allow and deny lists.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// The HTTP side of a `protocol = "http"` listener.
     pub fn http(&self) -> Option<&Arc<HttpRoute>> {
         self.http.as_ref()
@@ -134,17 +140,29 @@ impl Inbound {
             }
             Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone(), None),
         };
-        let forwarded = match (&self.http, &admitted) {
+        // Registered so a policy, CRL or bundle change re-checks it while it is open.
+        let registration = match &admitted {
+            Admitted::Tls { stream, id, .. } => Some(conn.live.register(
+                &self.config.name,
+                Direction::Inbound,
+                PeerFacts::of(
+                    id.clone(),
+                    stream.connection().peer_certificates().unwrap_or_default(),
+                ),
+                self.config.limits.max_connection_lifetime,
+                hard_stop,
+            )),
+            Admitted::Plaintext { .. } => None,
+        };
+        let stop = registration.as_ref().map_or(hard_stop, Registration::token);
+        let mut forwarded = match (&self.http, &admitted) {
             (Some(http), Admitted::Tls { .. }) => {
-                self.serve_http(http.clone(), admitted, src, &conn).await
+                self.serve_http(http.clone(), admitted, src, &conn, stop)
+                    .await
             }
             _ => match self.connect_upstream().await {
-                Ok(UpstreamStream::Tcp(up)) => {
-                    self.forward(admitted, up, src, local, hard_stop).await
-                }
-                Ok(UpstreamStream::Unix(up)) => {
-                    self.forward(admitted, up, src, local, hard_stop).await
-                }
+                Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, stop).await,
+                Ok(UpstreamStream::Unix(up)) => self.forward(admitted, up, src, local, stop).await,
                 Err(e) => {
                     return Err(Refusal::new(
                         RefuseReason::UpstreamUnavailable,
@@ -154,6 +172,9 @@ impl Inbound {
                 }
             },
         };
+        if let Some(reason) = registration.as_ref().and_then(Registration::closed_for) {
+            forwarded.reason = reason;
+        }
         Ok(Closed {
             peer_id,
             rule: Some(rule),
@@ -365,6 +386,7 @@ impl Inbound {
         admitted: Admitted,
         src: SocketAddr,
         conn: &ConnContext,
+        stop: &CancellationToken,
     ) -> Forwarded {
         let Admitted::Tls {
             stream, id, early, ..
@@ -397,7 +419,7 @@ impl Inbound {
             idle_timeout: self.config.limits.idle_timeout,
         };
         connection
-            .serve(FlushOnRead(stream), &conn.draining, &conn.hard_stop)
+            .serve(FlushOnRead(stream), &conn.draining, stop)
             .await
     }
 

@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::Inbound;
+use super::live::LiveConnections;
 use super::outbound::Outbound;
 use super::outcome::log_outcome;
 use super::route_state::RouteState;
@@ -71,7 +72,7 @@ impl Route {
     async fn handle(&self, stream: TcpStream, src: SocketAddr, conn: ConnContext) -> Outcome {
         match self {
             Self::Inbound(i) => i.handle(stream, src, conn).await,
-            Self::Outbound(o) => o.handle(stream, &conn.hard_stop).await,
+            Self::Outbound(o) => o.handle(stream, &conn).await,
         }
     }
 }
@@ -85,6 +86,8 @@ pub struct ConnContext {
     pub draining: CancellationToken,
     /// The listener, whose route a reload replaces: HTTP requests use the one in force.
     pub listener: Arc<Listener>,
+    /// Where an admitted connection registers, so a re-check can close it.
+    pub live: Arc<LiveConnections>,
 }
 
 /// One connection's accounting: the active gauge and the line that ends it, even on a panic.
@@ -246,6 +249,7 @@ impl Listener {
                 hard_stop: drain.hard_stop.clone(),
                 draining: drain.stop_accepting.clone(),
                 listener: self.clone(),
+                live: drain.live.clone(),
             };
             drain.tracker.spawn(async move {
                 let open = OpenConnection::new(route.name(), route.metrics(), src);

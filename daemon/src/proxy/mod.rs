@@ -5,12 +5,15 @@ pub mod early_tls;
 pub mod forward;
 pub mod inbound;
 pub mod listener;
+pub mod live;
 pub mod outbound;
 pub mod outcome;
 pub mod peer;
 pub mod policy_verifier;
 pub mod proxy_protocol;
 pub mod route_state;
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +29,8 @@ pub struct Drain {
     pub hard_stop: CancellationToken,
     /// Tracks every connection task.
     pub tracker: TaskTracker,
+    /// Every admitted connection, to re-check or close one alone.
+    pub live: Arc<live::LiveConnections>,
 }
 
 impl Drain {
@@ -35,6 +40,7 @@ impl Drain {
             stop_accepting: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            live: Arc::default(),
         }
     }
 }

@@ -8,15 +8,16 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_util::sync::CancellationToken;
 
 use super::forward::{FlushOnRead, splice};
+use super::listener::ConnContext;
+use super::live::PeerFacts;
 use super::outcome::HandshakeKind;
 use super::peer;
 use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason};
 use crate::config::OutboundConfig;
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{Direction, ListenerMetrics};
 use crate::tls::TlsIdentity;
 
 /// A running outbound listener's shared state.
@@ -73,7 +74,7 @@ impl Outbound {
     }
 
     /// Dials, verifies, forwards and closes one local client's connection.
-    pub async fn handle(&self, local: TcpStream, hard_stop: &CancellationToken) -> Outcome {
+    pub async fn handle(&self, local: TcpStream, conn: &ConnContext) -> Outcome {
         let started = Instant::now();
         let _ = local.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
@@ -86,19 +87,31 @@ impl Outbound {
                 ),
             )
         })??;
+        let chain = remote.get_ref().1.peer_certificates().unwrap_or_default();
+        let registration = conn.live.register(
+            &self.config.name,
+            Direction::Outbound,
+            PeerFacts::of(self.config.server_id.clone(), chain),
+            self.config.limits.max_connection_lifetime,
+            &conn.hard_stop,
+        );
+        let mut forwarded = splice(
+            local,
+            FlushOnRead(remote),
+            self.config.limits.idle_timeout,
+            registration.token(),
+            &self.state.metrics,
+        )
+        .await;
+        if let Some(reason) = registration.closed_for() {
+            forwarded.reason = reason;
+        }
         Ok(Closed {
             peer_id: self.config.server_id.to_string(),
             rule: None,
             handshake: Some(kind),
             upstream: self.config.connect.clone(),
-            forwarded: splice(
-                local,
-                FlushOnRead(remote),
-                self.config.limits.idle_timeout,
-                hard_stop,
-                &self.state.metrics,
-            )
-            .await,
+            forwarded,
             duration: started.elapsed(),
         })
     }

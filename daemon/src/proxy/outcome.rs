@@ -288,6 +288,14 @@ pub enum CloseReason {
     PeerAlert,
     /// A read or write failed on either side.
     Error,
+    /// A CRL loaded while it was open revokes a certificate of the peer's chain.
+    RevokedWhileOpen,
+    /// The policy in force no longer admits the peer (or, outbound, `server_id` changed).
+    DeauthorizedWhileOpen,
+    /// The trust bundle in force no longer holds the CA the peer's chain ends at.
+    UntrustedWhileOpen,
+    /// Open longer than the listener's `max_connection_lifetime`.
+    LifetimeExceeded,
 }
 
 impl CloseReason {
@@ -307,6 +315,10 @@ impl CloseReason {
             Self::ShutdownGraceElapsed => "shutdown_grace_elapsed",
             Self::PeerAlert => "peer_alert",
             Self::Error => "error",
+            Self::RevokedWhileOpen => "revoked_while_open",
+            Self::DeauthorizedWhileOpen => "deauthorized_while_open",
+            Self::UntrustedWhileOpen => "untrusted_while_open",
+            Self::LifetimeExceeded => "max_connection_lifetime",
         }
     }
 }

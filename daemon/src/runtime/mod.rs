@@ -9,6 +9,7 @@
 mod error;
 mod identity;
 mod plan;
+mod recheck;
 mod resumption;
 mod status;
 
@@ -33,6 +34,7 @@ use crate::config::{Config, IdentitySource};
 use crate::metrics::Metrics;
 use crate::proxy::Drain;
 use crate::proxy::listener::{Listener, Route};
+use crate::proxy::live::RecheckMode;
 use crate::tls::{ServerResumption, TlsIdentity};
 
 /// How long connections still open after the grace period get to log their close line.
@@ -109,6 +111,10 @@ pub struct Daemon {
     /// Serials already warned about as expiring, so each warning is logged once.
     expiry_warned: std::collections::HashSet<String>,
     grace: Duration,
+    /// What a change does to open connections that would no longer be admitted.
+    recheck: RecheckMode,
+    /// Closes connections past their `max_connection_lifetime`.
+    lifetime_sweep: tokio::task::JoinHandle<()>,
 }
 
 impl Daemon {
@@ -137,8 +143,12 @@ impl Daemon {
         }
         let (backend, tls) = load(None, &config).await?;
         let backend_name = backend.1.name();
+        let drain = Drain::new();
+        let lifetime_sweep = recheck::spawn_lifetime_sweep(drain.live.clone(), metrics.clone());
         let mut daemon = Self {
-            drain: Drain::new(),
+            drain,
+            recheck: config.recheck,
+            lifetime_sweep,
             status: Arc::new(Status::new(snapshot(
                 &config,
                 &tls,
@@ -325,6 +335,17 @@ impl Daemon {
         self.status
             .set_unclaimed_sockets(self.activated.keys().cloned().collect());
         self.grace = config.shutdown_grace;
+        self.recheck = config.recheck;
+        // Open connections meet the policy, CRLs and bundle now in force.
+        let routes = self
+            .running
+            .iter()
+            .map(|r| {
+                let route = r.listener.route();
+                (route.name().to_owned(), route)
+            })
+            .collect();
+        recheck::recheck(&self.drain.live, self.recheck, &routes, &tls, &self.metrics);
         Ok(summary)
     }
 
@@ -413,6 +434,7 @@ impl Daemon {
 
     /// Stops accepting, waits up to the grace period for connections to finish, then closes the rest.
     pub async fn shutdown(self) {
+        self.lifetime_sweep.abort();
         self.status.set_draining();
         self.drain.stop_accepting.cancel();
         // Once the accept loops have returned, the listening sockets are closed and

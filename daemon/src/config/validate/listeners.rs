@@ -11,7 +11,7 @@ use super::super::{
     InboundConfig, Limits, MAX_CONNECTIONS, MAX_EARLY_DATA, Mode, OutboundConfig,
     SessionResumption, Upstream, host_port,
 };
-use super::{Validator, count_up_to, nonzero_duration};
+use super::{Validator, count_up_to, duration_at_least, nonzero_duration};
 use crate::identity::SpiffeId;
 use crate::policy::{Policy, Principal};
 
@@ -126,6 +126,14 @@ impl Validator<'_> {
             "connect_timeout",
             base.connect_timeout,
         );
+        let max_connection_lifetime = match &raw.max_connection_lifetime {
+            None => Some(base.max_connection_lifetime),
+            Some(v) => self
+                .check(v, &format!("{key}.max_connection_lifetime"), |s| {
+                    duration_at_least(s, Duration::from_secs(1))
+                })
+                .map(Some),
+        };
         Some(Limits {
             max_connections: max_connections?,
             max_handshakes: max_handshakes?,
@@ -134,6 +142,7 @@ impl Validator<'_> {
             handshake_timeout: handshake_timeout?,
             idle_timeout: idle_timeout?,
             connect_timeout: connect_timeout?,
+            max_connection_lifetime: max_connection_lifetime?,
         })
     }
 

@@ -17,6 +17,7 @@ use super::{
     AdminConfig, Config, Limits, MAX_SESSION_CACHE, ResumptionConfig, format_duration,
     parse_duration,
 };
+use crate::proxy::live::RecheckMode;
 
 /// Validates a parsed file: the typed config, or every problem found in it. With
 /// `check_files`, every file it names must also be readable as the daemon will read it.
@@ -122,6 +123,20 @@ impl Validator<'_> {
             Some(a) => self.admin(a.get_ref()).map(Some),
         };
         let resumption = self.resumption(&raw.resumption);
+        let recheck =
+            self.check_or(
+                &raw.recheck.mode,
+                "recheck.mode",
+                RecheckMode::Close,
+                |m| match m.as_str() {
+                    "close" => Ok(RecheckMode::Close),
+                    "dry_run" => Ok(RecheckMode::DryRun),
+                    "off" => Ok(RecheckMode::Off),
+                    other => Err(format!(
+                        "unknown mode {other:?}; expected \"close\", \"dry_run\" or \"off\""
+                    )),
+                },
+            );
 
         Some(Config {
             identity: identity?,
@@ -131,6 +146,7 @@ impl Validator<'_> {
             shutdown_grace: shutdown_grace?,
             admin: admin?,
             resumption: resumption?,
+            recheck: recheck?,
         })
     }
 
