@@ -32,6 +32,7 @@ fn identity(ca: &Authority, dir: &std::path::Path, id: &str, backend: &Software)
     TlsIdentity {
         svid: Svid::load(&cert, &KeyRef::File(key), backend).unwrap(),
         bundle: load_bundle(&ca.bundle_path()).unwrap(),
+        federated: Default::default(),
         trust_domain: ca.trust_domain().to_owned(),
         provider: backend.provider().clone(),
         device: None,

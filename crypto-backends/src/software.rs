@@ -73,6 +73,19 @@ impl Software {
     }
 }
 
+impl Software {
+    /// Wraps a PKCS#8 DER private key held in memory (one streamed from the Workload API).
+    pub fn key_from_pkcs8_der(&self, der: &[u8]) -> Result<Arc<dyn SigningKey>, Error> {
+        // The copy rustls-pki-types makes is wiped when it drops.
+        let der = Zeroizing::new(der.to_vec());
+        let key = PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_slice()));
+        aws_lc_rs::sign::any_supported_type(&key).map_err(|e| Error::UnsupportedKey {
+            path: "(Workload API)".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// The rustls provider mtlsd uses: aws-lc-rs with post-quantum hybrid key exchange first.
 pub fn provider() -> CryptoProvider {
     use aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};

@@ -147,8 +147,9 @@ pub fn prepare(state_dir: &Path, ports: DemoPorts) -> Result<(Config, DemoFiles)
                 ttl: SVID_TTL,
                 dns: vec!["localhost".into()],
             },
-            bundle: files.bundle.clone(),
+            bundle: Some(files.bundle.clone()),
             crl: Some(ca.crl_path()),
+            federated: Vec::new(),
         },
         crypto: CryptoConfig::default(),
         inbound: vec![InboundConfig {

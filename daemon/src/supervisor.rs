@@ -108,6 +108,8 @@ pub enum Event {
     FilesChanged,
     /// Our CA-issued SVID is due for renewal.
     Renew,
+    /// The Workload API sent a new SVID or bundle.
+    IdentityUpdated,
     /// Time to check certificate lifetimes for warnings.
     CheckExpiry,
     /// Drain and exit (SIGTERM or SIGINT).
@@ -251,11 +253,19 @@ impl Supervisor {
                     None => std::future::pending().await,
                 }
             };
+            let workload = self.daemon.workload();
+            let identity_update = async {
+                match &workload {
+                    Some(api) => api.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             return tokio::select! {
                 _ = self.signals.term.recv() => Event::Stop("SIGTERM"),
                 _ = self.signals.int.recv() => Event::Stop("SIGINT"),
                 _ = self.signals.hup.recv() => Event::Reload,
                 () = renewal => Event::Renew,
+                () = identity_update => Event::IdentityUpdated,
                 _ = self.expiry_tick.tick() => Event::CheckExpiry,
                 _ = self.watch_tick.tick() => {
                     if !self.watch.poll() {
@@ -298,6 +308,14 @@ impl Supervisor {
             }
             Event::FilesChanged => {
                 info!(files = ?self.watch.files(), "identity files changed: reloading them");
+                self.daemon
+                    .refresh()
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Event::IdentityUpdated => {
+                info!("the Workload API sent a new SVID or bundle: applying it");
                 self.daemon
                     .refresh()
                     .await

@@ -107,10 +107,21 @@ pub struct IdentityConfig {
     pub trust_domain: String,
     /// Our SVID: files another PKI writes, or issued by the built-in CA.
     pub source: IdentitySource,
-    /// PEM CA certificates of the trust domain.
-    pub bundle: PathBuf,
+    /// PEM CA certificates of the trust domain (`None`: they come from the Workload API).
+    pub bundle: Option<PathBuf>,
     /// A PEM CRL checked on every connection, resumed ones included.
     pub crl: Option<PathBuf>,
+    /// Other trust domains whose peers we accept, each with its own CA bundle.
+    pub federated: Vec<FederatedBundle>,
+}
+
+/// A federated trust domain's bundle file: its peers are verified against these CAs only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FederatedBundle {
+    /// The federated trust domain.
+    pub trust_domain: String,
+    /// Its PEM CA certificates.
+    pub bundle: PathBuf,
 }
 
 /// Where our SVID comes from.
@@ -140,6 +151,30 @@ pub enum IdentitySource {
         /// Extra DNS SANs, for clients that check host names.
         dns: Vec<String>,
     },
+    /// Streamed from the SPIFFE Workload API (a SPIRE agent): SVID, key (in memory only) and
+    /// bundles, federated ones included, applied as they change.
+    #[serde(rename = "workload_api")]
+    WorkloadApi {
+        /// `unix:/path` (or an absolute path) or `tcp://ip:port` of the agent.
+        socket: String,
+        /// Which SVID, when the agent offers several; the first by default.
+        #[serde(serialize_with = "as_optional_display")]
+        id: Option<SpiffeId>,
+        /// How long start-up waits for the first SVID.
+        #[serde(serialize_with = "as_duration")]
+        startup_timeout: Duration,
+    },
+}
+
+/// Serializes an optional value through its `Display` form, or as none.
+fn as_optional_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 /// Serializes a value through its `Display` form (key references, SPIFFE IDs, upstreams).

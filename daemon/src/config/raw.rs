@@ -40,6 +40,18 @@ pub(super) struct RawIdentity {
     pub svid_ttl: Option<S<String>>,
     #[serde(default)]
     pub dns: Vec<String>,
+    pub source: Option<S<String>>,
+    pub socket: Option<S<String>>,
+    pub startup_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub federated: Vec<S<RawFederated>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFederated {
+    pub trust_domain: S<String>,
+    pub bundle: S<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -255,7 +255,7 @@ fn identity_comes_from_files_or_from_the_built_in_ca_never_both() {
     // The CA's bundle and CRL are used unless given.
     assert_eq!(
         ca.identity.bundle,
-        PathBuf::from("/var/lib/mtlsd/ca/bundle.pem")
+        Some(PathBuf::from("/var/lib/mtlsd/ca/bundle.pem"))
     );
     assert_eq!(
         ca.identity.crl,

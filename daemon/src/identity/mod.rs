@@ -5,9 +5,11 @@ mod revocation;
 mod spiffe;
 mod svid;
 mod verifier;
+mod workload;
 
 pub use cert_info::{CertInfo, ValidityError, check_validity, rfc3339};
 pub use revocation::{Revocations, Revoked};
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_trust_domain};
 pub use svid::{Bundle, IdentityError, Svid, SvidError, load_bundle, load_certs, spiffe_id_of};
-pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
+pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, TrustDomains};
+pub use workload::{WorkloadApi, WorkloadSnapshot};

@@ -136,18 +136,33 @@ pub struct Bundle {
 
 /// Reads a trust bundle from a PEM file.
 pub fn load_bundle(path: &Path) -> Result<Bundle, IdentityError> {
-    let certs = load_certs(path)?;
-    let mut roots = RootCertStore::empty();
-    for cert in &certs {
-        roots.add(cert.clone()).map_err(|e| IdentityError::Certs {
-            path: path.to_owned(),
-            reason: format!("unusable CA certificate: {e}"),
-        })?;
+    Bundle::from_certs(load_certs(path)?, path)
+}
+
+impl Bundle {
+    /// A bundle of `certs`; `origin` names where they came from in errors.
+    pub fn from_certs(
+        certs: Vec<CertificateDer<'static>>,
+        origin: &Path,
+    ) -> Result<Self, IdentityError> {
+        let mut roots = RootCertStore::empty();
+        for cert in &certs {
+            roots.add(cert.clone()).map_err(|e| IdentityError::Certs {
+                path: origin.to_owned(),
+                reason: format!("unusable CA certificate: {e}"),
+            })?;
+        }
+        if certs.is_empty() {
+            return Err(IdentityError::Certs {
+                path: origin.to_owned(),
+                reason: "no CA certificate".into(),
+            });
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+            certs,
+        })
     }
-    Ok(Bundle {
-        roots: Arc::new(roots),
-        certs,
-    })
 }
 
 /// Our SVID: certificate chain, signing key and the SPIFFE ID they prove.

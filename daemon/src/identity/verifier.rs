@@ -1,8 +1,11 @@
 //! rustls certificate verifiers that add SPIFFE checks on top of webpki path validation.
 //!
 //! X.509-SVID validation ignores DNS names: a peer is who its URI SAN says,
-//! provided the chain ends at a root of the trust domain's bundle.
+//! provided the chain ends at a root of *its own* trust domain's bundle: ours, or a
+//! federated domain's. A certificate naming domain B is never checked against domain
+//! A's CAs, so A's CA cannot vouch for B's identities.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -21,42 +24,93 @@ fn svid_error(e: SvidError) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Reads the peer's SPIFFE ID and insists it is in `trust_domain`.
-fn peer_id_in(cert: &CertificateDer<'_>, trust_domain: &str) -> Result<SpiffeId, Error> {
-    let id = spiffe_id_of(cert).map_err(svid_error)?;
-    if id.trust_domain() != trust_domain {
-        return Err(svid_error(SvidError::ForeignTrustDomain {
-            id,
-            expected: trust_domain.to_owned(),
-        }));
-    }
-    Ok(id)
+/// The CA roots of every trust domain we accept peers from: ours first, then federated ones.
+#[derive(Debug, Clone)]
+pub struct TrustDomains {
+    own: String,
+    roots: BTreeMap<String, Arc<RootCertStore>>,
 }
 
-/// Requires a client certificate that chains to the bundle and names one SPIFFE ID in our trust domain.
+impl TrustDomains {
+    /// Our trust domain with its roots, and the federated domains with theirs.
+    pub fn new(
+        own: &str,
+        own_roots: Arc<RootCertStore>,
+        federated: impl IntoIterator<Item = (String, Arc<RootCertStore>)>,
+    ) -> Self {
+        let mut roots: BTreeMap<_, _> = federated.into_iter().collect();
+        roots.insert(own.to_owned(), own_roots);
+        Self {
+            own: own.to_owned(),
+            roots,
+        }
+    }
+
+    /// The roots of `trust_domain`, if we accept it.
+    pub fn roots(&self, trust_domain: &str) -> Option<&Arc<RootCertStore>> {
+        self.roots.get(trust_domain)
+    }
+
+    /// The roots a certificate is verified against: those of the trust domain its SPIFFE ID
+    /// names, or ours when it names none we know (and the SPIFFE check refuses it after).
+    fn roots_for(&self, cert: &CertificateDer<'_>) -> &str {
+        match spiffe_id_of(cert) {
+            Ok(id) if self.roots.contains_key(id.trust_domain()) => self
+                .roots
+                .get_key_value(id.trust_domain())
+                .map_or(&self.own, |(k, _)| k),
+            _ => &self.own,
+        }
+    }
+
+    /// Reads the peer's SPIFFE ID and insists its trust domain is one we accept.
+    fn peer_id(&self, cert: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
+        let id = spiffe_id_of(cert).map_err(svid_error)?;
+        if !self.roots.contains_key(id.trust_domain()) {
+            return Err(svid_error(SvidError::ForeignTrustDomain {
+                id,
+                expected: self.own.clone(),
+            }));
+        }
+        Ok(id)
+    }
+}
+
+/// Requires a client certificate that chains to its own trust domain's bundle and names one
+/// SPIFFE ID in a trust domain we accept.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
+    by_domain: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+    domains: TrustDomains,
 }
 
 impl SpiffeClientVerifier {
-    /// Builds a verifier for peers of `trust_domain` whose CAs are `roots`.
+    /// Builds a verifier for peers of `domains`.
     pub fn new(
-        roots: Arc<RootCertStore>,
-        trust_domain: &str,
+        domains: &TrustDomains,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let mut by_domain = BTreeMap::new();
+        for (td, roots) in &domains.roots {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()?;
+            by_domain.insert(td.clone(), verifier);
+        }
         Ok(Self {
-            inner: WebPkiClientVerifier::builder_with_provider(roots, provider).build()?,
-            trust_domain: trust_domain.to_owned(),
+            by_domain,
+            domains: domains.clone(),
         })
+    }
+
+    fn own(&self) -> &Arc<dyn ClientCertVerifier> {
+        &self.by_domain[&self.domains.own]
     }
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        self.own().root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -65,9 +119,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        peer_id_in(end_entity, &self.trust_domain)?;
+        let td = self.domains.roots_for(end_entity);
+        self.by_domain[td].verify_client_cert(end_entity, intermediates, now)?;
+        self.domains.peer_id(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -77,7 +131,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.own().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -86,27 +140,27 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.own().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.own().supported_verify_schemes()
     }
 }
 
-/// Accepts a server only if it chains to the bundle and presents exactly `expected`.
+/// Accepts a server only if it chains to its trust domain's bundle and presents exactly `expected`.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
+    domains: TrustDomains,
     expected: SpiffeId,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeServerVerifier {
-    /// Builds a verifier that expects the server `expected`, anchored at `roots`.
-    pub fn new(roots: Arc<RootCertStore>, expected: SpiffeId, provider: &CryptoProvider) -> Self {
+    /// Builds a verifier that expects the server `expected`, anchored at the roots of its domain.
+    pub fn new(domains: TrustDomains, expected: SpiffeId, provider: &CryptoProvider) -> Self {
         Self {
-            roots,
+            domains,
             expected,
             algorithms: provider.signature_verification_algorithms,
         }
@@ -123,14 +177,19 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
+        let td = self.domains.roots_for(end_entity);
+        let roots = self
+            .domains
+            .roots(td)
+            .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.algorithms.all,
         )?;
-        let got = peer_id_in(end_entity, self.expected.trust_domain())?;
+        let got = self.domains.peer_id(end_entity)?;
         if got != self.expected {
             return Err(svid_error(SvidError::UnexpectedServerId {
                 expected: self.expected.clone(),

@@ -64,6 +64,9 @@ pub enum StartError {
         /// What failed.
         cause: String,
     },
+    /// The SPIFFE Workload API gave no usable identity.
+    #[error("{0}")]
+    Workload(String),
     /// The session ticket keys could not be loaded.
     #[error("resumption.ticket_key_file: {0}")]
     TicketKeys(TicketKeyError),

@@ -1,6 +1,8 @@
 //! Loading our identity for a (re)load: the crypto backend, our SVID (from files or issued
 //! by the built-in CA), the bundle and the CRL, on the blocking pool.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,10 @@ use tracing::info;
 use super::StartError;
 use crate::ca::{Authority, LeafSpec};
 use crate::config::{Config, CryptoConfig, IdentityConfig, IdentitySource};
-use crate::identity::{IdentityError, Revocations, SpiffeId, Svid, load_bundle, rfc3339};
+use crate::identity::{
+    Bundle, IdentityError, Revocations, SpiffeId, Svid, WorkloadApi, WorkloadSnapshot, load_bundle,
+    rfc3339,
+};
 use crate::signing::{backend_for, load_signing_key};
 use crate::tls::TlsIdentity;
 
@@ -26,8 +31,20 @@ pub fn load_identity(
     config: &IdentityConfig,
     crypto: &CryptoConfig,
     backend: &dyn Backend,
+    workload: Option<&WorkloadSnapshot>,
 ) -> Result<TlsIdentity, StartError> {
     let (svid, device, renew_at) = match &config.source {
+        IdentitySource::WorkloadApi { socket, .. } => {
+            let snapshot = workload.ok_or_else(|| no_snapshot(socket))?;
+            // The key arrives in memory and stays there, whatever [crypto] says.
+            let signing = Software::new()
+                .key_from_pkcs8_der(&snapshot.key)
+                .map_err(|e| StartError::Identity(IdentityError::Key(e)))?;
+            let origin = PathBuf::from(format!("(Workload API {socket})"));
+            let key = KeyRef::File(origin.clone());
+            let svid = Svid::from_chain(snapshot.chain.clone(), &origin, &key, signing)?;
+            (svid, None, None)
+        }
         IdentitySource::Files { cert, key } => {
             let (signing, device) = load_signing_key(crypto, backend, key)
                 .map_err(|e| StartError::Identity(IdentityError::Key(e)))?;
@@ -62,15 +79,69 @@ pub fn load_identity(
             trust_domain: config.trust_domain.clone(),
         });
     }
+    let (bundle, federated) = bundles(config, workload)?;
     Ok(TlsIdentity {
         svid,
-        bundle: load_bundle(&config.bundle)?,
+        bundle,
+        federated,
         trust_domain: config.trust_domain.clone(),
         provider: backend.provider().clone(),
         device,
         revocations: Arc::new(Revocations::load(config.crl.as_slice())?),
         renew_at,
     })
+}
+
+fn no_snapshot(socket: &str) -> StartError {
+    StartError::Workload(format!("no SVID from the Workload API at {socket} yet"))
+}
+
+/// Our trust domain's bundle and the federated ones: from files, from the Workload API, or
+/// both (a federated file adds to what the agent streams).
+fn bundles(
+    config: &IdentityConfig,
+    workload: Option<&WorkloadSnapshot>,
+) -> Result<(Bundle, BTreeMap<String, Bundle>), StartError> {
+    let streamed = |td: &str| {
+        let snapshot = workload?;
+        let certs = snapshot.bundles.get(td)?.clone();
+        Some(certs)
+    };
+    let own = match (&config.bundle, &config.source) {
+        (Some(path), _) => load_bundle(path)?,
+        (None, IdentitySource::WorkloadApi { socket, .. }) => {
+            let certs = streamed(&config.trust_domain).ok_or_else(|| {
+                StartError::Workload(format!(
+                    "the Workload API at {socket} sent no bundle for our trust domain {}",
+                    config.trust_domain
+                ))
+            })?;
+            Bundle::from_certs(certs, Path::new(socket))?
+        }
+        // The validator gives files and the built-in CA a bundle path; say so if it did not.
+        (None, _) => {
+            return Err(StartError::Identity(IdentityError::Certs {
+                path: PathBuf::from("identity.bundle"),
+                reason: "no bundle configured".into(),
+            }));
+        }
+    };
+    let mut federated = BTreeMap::new();
+    if let (Some(snapshot), IdentitySource::WorkloadApi { socket, .. }) = (workload, &config.source)
+    {
+        for (td, certs) in &snapshot.bundles {
+            if *td != config.trust_domain {
+                federated.insert(
+                    td.clone(),
+                    Bundle::from_certs(certs.clone(), Path::new(socket))?,
+                );
+            }
+        }
+    }
+    for f in &config.federated {
+        federated.insert(f.trust_domain.clone(), load_bundle(&f.bundle)?);
+    }
+    Ok((own, federated))
 }
 
 /// Checks that `config`'s identity loads, without serving and without side effects: files
@@ -94,12 +165,34 @@ pub fn check_identity(config: &Config) -> Result<SpiffeId, StartError> {
                     trust_domain: identity.trust_domain.clone(),
                 });
             }
-            load_bundle(&identity.bundle)?;
+            if let Some(bundle) = &identity.bundle {
+                load_bundle(bundle)?;
+            }
             Revocations::load(identity.crl.as_slice())?;
             Ok(id.clone())
         }
         IdentitySource::Files { .. } => {
-            let (_, tls) = load_blocking(None, config)?;
+            let (_, tls) = load_blocking(None, config, None)?;
+            Ok(tls.svid.id)
+        }
+        IdentitySource::WorkloadApi {
+            socket,
+            id,
+            startup_timeout,
+        } => {
+            // Connects as the daemon would: the agent answers, and knows this workload.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StartError::Workload(e.to_string()))?;
+            let snapshot = runtime.block_on(async {
+                let api = WorkloadApi::connect(socket, id.as_ref(), *startup_timeout).await?;
+                let snapshot = api.snapshot();
+                api.close().await;
+                snapshot
+            });
+            let snapshot = snapshot.map_err(StartError::Workload)?;
+            let (_, tls) = load_blocking(None, config, Some(snapshot))?;
             Ok(tls.svid.id)
         }
     }
@@ -134,9 +227,10 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 pub(super) async fn load(
     current: Option<&OpenBackend>,
     config: &Config,
+    workload: Option<WorkloadSnapshot>,
 ) -> Result<(OpenBackend, TlsIdentity), StartError> {
     let (current, config) = (current.cloned(), config.clone());
-    tokio::task::spawn_blocking(move || load_blocking(current.as_ref(), &config))
+    tokio::task::spawn_blocking(move || load_blocking(current.as_ref(), &config, workload))
         .await
         .unwrap_or_else(|e| {
             // A bug while loading must reject this (re)load, not take the serving daemon down.
@@ -147,6 +241,7 @@ pub(super) async fn load(
 fn load_blocking(
     current: Option<&OpenBackend>,
     config: &Config,
+    workload: Option<WorkloadSnapshot>,
 ) -> Result<(OpenBackend, TlsIdentity), StartError> {
     let backend = match current {
         Some((c, b)) if *c == config.crypto => b.clone(),
@@ -155,6 +250,11 @@ fn load_blocking(
             cause: source,
         })?,
     };
-    let tls = load_identity(&config.identity, &config.crypto, backend.as_ref())?;
+    let tls = load_identity(
+        &config.identity,
+        &config.crypto,
+        backend.as_ref(),
+        workload.as_ref(),
+    )?;
     Ok(((config.crypto.clone(), backend), tls))
 }

@@ -31,6 +31,7 @@ use self::resumption::ResumptionState;
 pub use self::status::{BoundListener, Snapshot, Status};
 use self::status::{expiries, snapshot};
 use crate::config::{Config, IdentitySource};
+use crate::identity::{WorkloadApi, WorkloadSnapshot};
 use crate::metrics::Metrics;
 use crate::proxy::Drain;
 use crate::proxy::listener::{Listener, Route};
@@ -115,6 +116,8 @@ pub struct Daemon {
     recheck: RecheckMode,
     /// Closes connections past their `max_connection_lifetime`.
     lifetime_sweep: tokio::task::JoinHandle<()>,
+    /// The SPIRE agent's stream, with `source = "workload_api"`.
+    workload: Option<Arc<WorkloadApi>>,
 }
 
 impl Daemon {
@@ -141,7 +144,9 @@ impl Daemon {
                 Err(e) => error!(fd_name = %name, error = %e, "cannot use socket-activated fd"),
             }
         }
-        let (backend, tls) = load(None, &config).await?;
+        let workload = connect_workload(None, &config).await?;
+        let material = snapshot_of(workload.as_deref())?;
+        let (backend, tls) = load(None, &config, material).await?;
         let backend_name = backend.1.name();
         let drain = Drain::new();
         let lifetime_sweep = recheck::spawn_lifetime_sweep(drain.live.clone(), metrics.clone());
@@ -149,6 +154,7 @@ impl Daemon {
             drain,
             recheck: config.recheck,
             lifetime_sweep,
+            workload,
             status: Arc::new(Status::new(snapshot(
                 &config,
                 &tls,
@@ -179,10 +185,19 @@ impl Daemon {
 
     /// Replaces the running configuration with `config`, or changes nothing and says why.
     pub async fn reload(&mut self, config: Config) -> Result<ReloadSummary, StartError> {
-        let result = match load(self.backend.as_ref(), &config).await {
-            Ok((backend, tls)) => self.apply(config, tls, backend).await,
-            Err(e) => Err(e),
-        };
+        let result = async {
+            let workload = connect_workload(self.workload.as_ref(), &config).await?;
+            let material = snapshot_of(workload.as_deref())?;
+            let (backend, tls) = load(self.backend.as_ref(), &config, material).await?;
+            let summary = self.apply(config, tls, backend).await?;
+            if let Some(old) = std::mem::replace(&mut self.workload, workload)
+                && !self.workload.as_ref().is_some_and(|w| Arc::ptr_eq(w, &old))
+            {
+                old.close().await;
+            }
+            Ok(summary)
+        }
+        .await;
         match &result {
             Ok(summary) => {
                 self.metrics.reloaded(true);
@@ -387,6 +402,11 @@ impl Daemon {
         self.reload(config).await
     }
 
+    /// The Workload API stream our identity comes from, if it does.
+    pub fn workload(&self) -> Option<Arc<WorkloadApi>> {
+        self.workload.clone()
+    }
+
     /// When our CA-issued SVID should be renewed (`None` for file-based identities).
     pub fn renew_at(&self) -> Option<std::time::Instant> {
         self.renew_at
@@ -403,8 +423,9 @@ impl Daemon {
                 files.push(path.clone());
             }
         }
-        files.push(identity.bundle.clone());
+        files.extend(identity.bundle.clone());
         files.extend(identity.crl.clone());
+        files.extend(identity.federated.iter().map(|f| f.bundle.clone()));
         files
     }
 
@@ -462,6 +483,38 @@ impl Daemon {
         }
         info!("stopped");
     }
+}
+
+/// The Workload API connection `config` asks for: `current` when it serves the same socket
+/// and ID, a new one otherwise (waiting for its first SVID), none for other sources.
+async fn connect_workload(
+    current: Option<&Arc<WorkloadApi>>,
+    config: &Config,
+) -> Result<Option<Arc<WorkloadApi>>, StartError> {
+    let IdentitySource::WorkloadApi {
+        socket,
+        id,
+        startup_timeout,
+    } = &config.identity.source
+    else {
+        return Ok(None);
+    };
+    if let Some(current) = current.filter(|w| w.serves(socket, id.as_ref())) {
+        return Ok(Some(current.clone()));
+    }
+    info!(socket = %socket, timeout = ?startup_timeout, "waiting for our SVID from the Workload API");
+    let api = WorkloadApi::connect(socket, id.as_ref(), *startup_timeout)
+        .await
+        .map_err(StartError::Workload)?;
+    Ok(Some(Arc::new(api)))
+}
+
+/// The material the Workload API holds now, if it is our source.
+fn snapshot_of(workload: Option<&WorkloadApi>) -> Result<Option<WorkloadSnapshot>, StartError> {
+    workload
+        .map(WorkloadApi::snapshot)
+        .transpose()
+        .map_err(StartError::Workload)
 }
 
 async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {

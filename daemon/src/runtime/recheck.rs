@@ -32,9 +32,7 @@ pub fn recheck(
         return;
     }
     let anchors: Vec<Anchor> = tls
-        .bundle
-        .certs
-        .iter()
+        .all_cas()
         .filter_map(|c| X509Certificate::from_der(c).ok())
         .map(|(_, x509)| Anchor::of_ca(&x509))
         .collect();

@@ -18,8 +18,10 @@ use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, StoresSer
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, ServerConfig};
 
+use rustls_pki_types::CertificateDer;
+
 use crate::identity::{
-    Bundle, CertInfo, SpiffeClientVerifier, SpiffeId, SpiffeServerVerifier, Svid,
+    Bundle, CertInfo, SpiffeClientVerifier, SpiffeId, SpiffeServerVerifier, Svid, TrustDomains,
 };
 
 /// The TLS material shared by every listener: who we are and whom we trust.
@@ -29,6 +31,8 @@ pub struct TlsIdentity {
     pub svid: Svid,
     /// CA certificates of our trust domain.
     pub bundle: Bundle,
+    /// CA certificates of each federated trust domain whose peers we accept.
+    pub federated: std::collections::BTreeMap<String, Bundle>,
     /// The trust domain peers must belong to.
     pub trust_domain: String,
     /// Key exchange, ciphers and signature verification.
@@ -142,14 +146,30 @@ impl TlsIdentity {
         self.server_config_with(resumption, self.client_verifier()?)
     }
 
-    /// The verifier of client SVIDs: a chain to our bundle and one SPIFFE ID in our trust domain.
-    pub fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let verifier = SpiffeClientVerifier::new(
-            self.bundle.roots.clone(),
+    /// Our trust domain's roots and every federated domain's.
+    pub fn trust_domains(&self) -> TrustDomains {
+        TrustDomains::new(
             &self.trust_domain,
-            self.provider.clone(),
+            self.bundle.roots.clone(),
+            self.federated
+                .iter()
+                .map(|(td, b)| (td.clone(), b.roots.clone())),
         )
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    }
+
+    /// Every CA certificate we trust: ours, then the federated domains'.
+    pub fn all_cas(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        self.bundle
+            .certs
+            .iter()
+            .chain(self.federated.values().flat_map(|b| &b.certs))
+    }
+
+    /// The verifier of client SVIDs: a chain to its own trust domain's bundle and one SPIFFE ID
+    /// in a trust domain we accept.
+    pub fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let verifier = SpiffeClientVerifier::new(&self.trust_domains(), self.provider.clone())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         Ok(Arc::new(verifier))
     }
 
@@ -203,7 +223,7 @@ impl TlsIdentity {
         early_data: bool,
     ) -> Result<Arc<ClientConfig>, rustls::Error> {
         let verifier =
-            SpiffeServerVerifier::new(self.bundle.roots.clone(), server_id.clone(), &self.provider);
+            SpiffeServerVerifier::new(self.trust_domains(), server_id.clone(), &self.provider);
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()

@@ -665,6 +665,7 @@ fn pki() -> &'static Pki {
                 svid: Svid::from_chain(chain, origin, &KeyRef::File(origin.into()), key)
                     .expect("SVID"),
                 bundle: bundle.clone(),
+                federated: Default::default(),
                 trust_domain: TRUST_DOMAIN.into(),
                 provider: software().provider().clone(),
                 device: None,

@@ -17,7 +17,7 @@ impl Validator<'_> {
         &mut self,
         raw: &RawIdentity,
         source: &IdentitySource,
-        bundle: &Path,
+        bundle: Option<&Path>,
         crl: Option<&Path>,
     ) {
         if !self.check_files {
@@ -41,9 +41,12 @@ impl Validator<'_> {
                     defaults_usable = false;
                 }
             }
+            // Reachability of the agent is checked where the daemon connects (mtlsd check
+            // connects too), not as a file.
+            IdentitySource::WorkloadApi { .. } => {}
         }
         for (given, name, path) in [
-            (&raw.bundle, "identity.bundle", Some(bundle)),
+            (&raw.bundle, "identity.bundle", bundle),
             (&raw.crl, "identity.crl", crl),
         ] {
             match (given, path) {
@@ -54,6 +57,15 @@ impl Validator<'_> {
                 }
                 _ => {}
             }
+        }
+        for (i, f) in raw.federated.iter().enumerate() {
+            let f = f.get_ref();
+            let path = Path::new(f.bundle.get_ref());
+            self.readable_file(
+                f.bundle.span(),
+                &format!("identity.federated[{i}].bundle"),
+                path,
+            );
         }
     }
 
