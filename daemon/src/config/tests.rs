@@ -924,3 +924,68 @@ dry_run = true
         )]
     );
 }
+
+#[test]
+fn the_workload_api_source_takes_a_socket_and_no_files() {
+    let body = r#"
+[identity]
+trust_domain = "example.org"
+source = "workload_api"
+socket = "unix:/run/spire/agent.sock"
+id = "spiffe://example.org/web"
+startup_timeout = "10s"
+
+[[identity.federated]]
+trust_domain = "partner.org"
+bundle = "/etc/mtlsd/partner.pem"
+"#;
+    let config = Config::parse(&format!("{body}{ONE_LISTENER}"), "mtlsd.toml").unwrap();
+    assert_eq!(
+        config.identity.source,
+        IdentitySource::WorkloadApi {
+            socket: "unix:/run/spire/agent.sock".into(),
+            id: Some("spiffe://example.org/web".parse().unwrap()),
+            startup_timeout: Duration::from_secs(10),
+        }
+    );
+    assert_eq!(config.identity.bundle, None);
+    assert_eq!(config.identity.federated[0].trust_domain, "partner.org");
+
+    let mixed = body.replace("startup_timeout", "cert = \"/a.pem\"\nstartup_timeout");
+    let text = format!("{mixed}{ONE_LISTENER}");
+    let problems: Vec<String> = match Config::parse(&text, "mtlsd.toml") {
+        Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        problems,
+        [format!(
+            "{}: identity: source = \"workload_api\" takes the SVID and bundles from the SPIRE \
+             agent: remove cert, key, bundle and ca_dir",
+            at(&text, "\"example.org\"")
+        )]
+    );
+    let bad = body
+        .replace("unix:/run/spire/agent.sock", "agent.sock")
+        .replace("partner.org\"", "example.org\"");
+    let text = format!("{bad}{ONE_LISTENER}");
+    let problems: Vec<String> = match Config::parse(&text, "mtlsd.toml") {
+        Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        problems,
+        [
+            format!(
+                "{}: identity.socket: \"agent.sock\" is not a Workload API address; write \
+                 \"unix:/run/spire/agent.sock\" or \"tcp://127.0.0.1:8081\"",
+                at(&text, "\"agent.sock\"")
+            ),
+            format!(
+                "{}: identity.federated[0].trust_domain: this is our own trust domain; its bundle \
+                 is identity.bundle",
+                at_nth(&text, "\"example.org\"", 1)
+            ),
+        ]
+    );
+}
