@@ -110,6 +110,15 @@ pub enum JwksSource {
         /// The JWKS file.
         path: PathBuf,
     },
+    /// The JWT bundle of a SPIFFE trust domain, streamed from the Workload API: the issuer
+    /// is the trust domain and its tokens are JWT-SVIDs.
+    #[serde(rename = "workload_api")]
+    WorkloadApi {
+        /// The agent's Workload API address.
+        socket: String,
+        /// The trust domain whose JWT-SVIDs are accepted.
+        trust_domain: String,
+    },
 }
 
 /// One place a token is taken from.

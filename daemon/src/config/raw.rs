@@ -175,6 +175,7 @@ pub(super) struct RawJwt {
     pub jwks_ca: Option<S<String>>,
     pub jwks_cache: Option<S<String>>,
     pub jwks_timeout: Option<S<String>>,
+    pub socket: Option<S<String>>,
     #[serde(default)]
     pub from_headers: Vec<S<RawTokenHeader>>,
     #[serde(default)]

@@ -162,6 +162,8 @@ pub struct Jwks {
     /// Held across a fetch, so concurrent requests for an unknown `kid` share one.
     state: tokio::sync::Mutex<FetchState>,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// Why the Workload API's JWT bundle could not be had, while it cannot.
+    stream_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -205,6 +207,8 @@ impl Jwks {
                     .transpose()?;
                 (KeySet::default(), tls)
             }
+            // Filled by the stream started below.
+            JwksSource::WorkloadApi { .. } => (KeySet::default(), None),
         };
         let jwks = Arc::new(Self {
             source: source.clone(),
@@ -219,8 +223,17 @@ impl Jwks {
                 last_error: None,
             }),
             tls,
+            stream_error: Mutex::new(None),
         });
         registry.insert(key, Arc::downgrade(&jwks));
+        if let JwksSource::WorkloadApi {
+            socket,
+            trust_domain,
+        } = source
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            stream_jwt_bundle(Arc::downgrade(&jwks), socket.clone(), trust_domain.clone());
+        }
         Ok(jwks)
     }
 
@@ -246,6 +259,31 @@ impl Jwks {
     /// `kid` is unknown (at most every few seconds) or the cache has expired.
     pub async fn keys_for(&self, kid: Option<&str>) -> Result<Vec<Arc<Key>>, KeyError> {
         let found = self.current().candidates(kid);
+        if let JwksSource::WorkloadApi {
+            socket,
+            trust_domain,
+        } = &self.source
+        {
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            let error = self
+                .stream_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            return Err(match error {
+                Some(e) => KeyError::Unavailable(format!(
+                    "{} in the JWT bundle of {trust_domain}, and the Workload API at {socket} \
+                     could not be read: {e}",
+                    describe(kid)
+                )),
+                None => KeyError::Unknown(format!(
+                    "{} in the JWT bundle of {trust_domain}",
+                    describe(kid)
+                )),
+            });
+        }
         let JwksSource::Uri { uri, .. } = &self.source else {
             return self.found_or(found, kid, None);
         };
@@ -356,6 +394,98 @@ impl Jwks {
             return Err("the JWKS holds no RSA, EC or Ed25519 signature key".into());
         }
         Ok(keys)
+    }
+}
+
+/// Keeps `jwks`'s keys equal to the JWT bundle of `trust_domain` that the Workload API at
+/// `socket` streams, reconnecting with back-off, until `jwks` is dropped.
+fn stream_jwt_bundle(jwks: Weak<Jwks>, socket: String, trust_domain: String) {
+    use ::spiffe::jwt_source::JwtSource;
+    tokio::spawn(async move {
+        let Ok(td) = ::spiffe::TrustDomain::new(&trust_domain) else {
+            return;
+        };
+        let mut failures = 0;
+        loop {
+            let built = JwtSource::builder()
+                .endpoint(crate::identity::workload_endpoint(&socket))
+                .build()
+                .await;
+            let source = match built {
+                Ok(source) => source,
+                Err(e) => {
+                    let Some(this) = jwks.upgrade() else { return };
+                    failures += 1;
+                    this.stream_failed(&socket, e.to_string(), failures);
+                    drop(this);
+                    tokio::time::sleep(backoff(failures)).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            let mut updates = source.updated();
+            loop {
+                let Some(this) = jwks.upgrade() else {
+                    source.shutdown().await;
+                    return;
+                };
+                match source.bundle_set() {
+                    Ok(set) => match set.get(&td) {
+                        Some(bundle) => this.take_jwt_bundle(&socket, &trust_domain, &bundle),
+                        None => this.stream_failed(
+                            &socket,
+                            format!("it sent no JWT bundle for {trust_domain}"),
+                            1,
+                        ),
+                    },
+                    Err(e) => this.stream_failed(&socket, e.to_string(), 1),
+                }
+                drop(this);
+                if updates.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+impl Jwks {
+    fn take_jwt_bundle(&self, socket: &str, trust_domain: &str, bundle: &::spiffe::JwtBundle) {
+        let keys: Vec<serde_json::Value> = bundle
+            .jwt_authorities()
+            .filter_map(|a| {
+                let mut jwk: serde_json::Value = serde_json::from_slice(a.jwk_json()).ok()?;
+                if let Some(obj) = jwk.as_object_mut() {
+                    obj.entry("kid").or_insert_with(|| a.key_id().into());
+                }
+                Some(jwk)
+            })
+            .collect();
+        let json = serde_json::json!({ "keys": keys }).to_string();
+        match KeySet::parse(json.as_bytes()) {
+            Ok(set) => {
+                tracing::info!(
+                    trust_domain,
+                    socket,
+                    keys = set.len(),
+                    "JWT bundle received from the Workload API"
+                );
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+                *self.stream_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Err(e) => self.stream_failed(socket, e, 1),
+        }
+    }
+
+    fn stream_failed(&self, socket: &str, error: String, failures: u32) {
+        tracing::warn!(
+            issuer = %self.issuer,
+            socket,
+            failures,
+            error = %error,
+            "JWT bundle from the Workload API unavailable; keys already received stay in use"
+        );
+        *self.stream_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::jwks::Jwks;
 use super::rules::RequestAuth;
-use crate::config::{JwtIssuer, TokenSource};
+use crate::config::{JwksSource, JwtIssuer, TokenSource};
 
 /// Signature algorithms accepted: asymmetric only, so a public key can never be used as
 /// an HMAC secret, and `none` cannot even be parsed.
@@ -91,19 +91,25 @@ impl Authenticator {
         let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token)
             .map_err(|e| format!("malformed token: {e}"))?;
         let iss = unverified.get("iss").and_then(Value::as_str).unwrap_or("");
+        let sub = unverified.get("sub").and_then(Value::as_str).unwrap_or("");
         let (index, issuer) = self
             .issuers
             .iter()
             .enumerate()
-            .find(|(_, i)| i.config.issuer == iss && i.config.from.contains(&found_in))
-            .ok_or_else(|| format!("issuer {iss:?} is not trusted here"))?;
+            .find(|(_, i)| i.issues(iss, sub) && i.config.from.contains(&found_in))
+            .ok_or_else(|| match iss {
+                "" => format!("the token names no issuer, and {sub:?} is no JWT-SVID trusted here"),
+                _ => format!("issuer {iss:?} is not trusted here"),
+            })?;
         let claims = issuer.validate(&token).await?;
         let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+        // A JWT-SVID's subject is already a full identity (spiffe://td/path).
+        let principal = match claims.get("iss").and_then(Value::as_str) {
+            Some(iss) if !issuer.is_jwt_svid() => format!("{iss}/{sub}"),
+            _ => sub.to_owned(),
+        };
         Ok(Some(Validated {
-            auth: RequestAuth {
-                principal: format!("{iss}/{sub}"),
-                claims,
-            },
+            auth: RequestAuth { principal, claims },
             issuer: index,
             found_in,
         }))
@@ -130,6 +136,26 @@ impl Authenticator {
 }
 
 impl Issuer {
+    /// Whether this issuer's tokens are JWT-SVIDs of a SPIFFE trust domain.
+    fn is_jwt_svid(&self) -> bool {
+        matches!(self.config.jwks, JwksSource::WorkloadApi { .. })
+    }
+
+    /// Whether a token claiming `iss` (and `sub`) is this issuer's to check: its `iss`, or for
+    /// a JWT-SVID issuer a subject in its trust domain (SPIRE sets no `iss` by default).
+    fn issues(&self, iss: &str, sub: &str) -> bool {
+        match &self.config.jwks {
+            JwksSource::WorkloadApi { trust_domain, .. } => {
+                iss == self.config.issuer
+                    || sub
+                        .strip_prefix("spiffe://")
+                        .and_then(|rest| rest.split_once('/'))
+                        .is_some_and(|(td, _)| td == trust_domain)
+            }
+            _ => iss == self.config.issuer,
+        }
+    }
+
     /// Checks the signature and claims of `token`, returning its claims.
     async fn validate(&self, token: &str) -> Result<Value, String> {
         let header =
@@ -145,8 +171,13 @@ impl Issuer {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.config.clock_skew.as_secs();
         validation.validate_nbf = true;
-        validation.set_issuer(&[&self.config.issuer]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
+        if self.is_jwt_svid() {
+            // JWT-SVIDs carry their identity in `sub`; `iss` is optional (checked by `issues`).
+            validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        } else {
+            validation.set_issuer(&[&self.config.issuer]);
+            validation.set_required_spec_claims(&["exp", "iss"]);
+        }
         if self.config.audiences.is_empty() {
             validation.validate_aud = false;
         } else {
@@ -164,6 +195,9 @@ impl Issuer {
             match jsonwebtoken::decode::<Value>(token, &key.decoding, &validation) {
                 Ok(data) => {
                     check_iat(&data.claims, self.config.clock_skew)?;
+                    if let JwksSource::WorkloadApi { trust_domain, .. } = &self.config.jwks {
+                        check_svid_subject(&data.claims, trust_domain)?;
+                    }
                     return Ok(data.claims);
                 }
                 Err(e) => last = describe(&e),
@@ -186,6 +220,17 @@ fn check_iat(claims: &Value, skew: Duration) -> Result<(), String> {
         return Err("the token was issued in the future (iat)".into());
     }
     Ok(())
+}
+
+/// A JWT-SVID's `sub` must be a SPIFFE ID of its trust domain.
+fn check_svid_subject(claims: &Value, trust_domain: &str) -> Result<(), String> {
+    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+    match sub.parse::<crate::identity::SpiffeId>() {
+        Ok(id) if id.trust_domain() == trust_domain && !id.path().is_empty() => Ok(()),
+        _ => Err(format!(
+            "the JWT-SVID's subject {sub:?} is not a SPIFFE ID of {trust_domain}"
+        )),
+    }
 }
 
 fn describe(e: &jsonwebtoken::errors::Error) -> String {

@@ -12,4 +12,4 @@ pub use revocation::{Revocations, Revoked};
 pub use spiffe::{SpiffeId, SpiffeIdError, validate_trust_domain};
 pub use svid::{Bundle, IdentityError, Svid, SvidError, load_bundle, load_certs, spiffe_id_of};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier, TrustDomains};
-pub use workload::{WorkloadApi, WorkloadSnapshot};
+pub use workload::{WorkloadApi, WorkloadSnapshot, endpoint as workload_endpoint};

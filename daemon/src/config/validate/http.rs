@@ -193,15 +193,64 @@ impl Validator<'_> {
                 );
                 None
             }
+            // A SPIFFE trust domain as issuer: JWT-SVIDs, keys from the Workload API.
+            (None, None) if raw.issuer.get_ref().starts_with("spiffe://") => {
+                let td = raw.issuer.get_ref().trim_start_matches("spiffe://");
+                let socket = match &raw.socket {
+                    Some(s) => self.check(s, &format!("{key}.socket"), |s| {
+                        super::identity::workload_socket(s).map(|()| s.clone())
+                    }),
+                    None => {
+                        let default = self.workload_socket.clone();
+                        if default.is_none() {
+                            self.report(
+                                &raw.issuer,
+                                &format!("{key}.socket"),
+                                "JWT-SVIDs need the Workload API: set socket, identity.socket or \
+                                 SPIFFE_ENDPOINT_SOCKET",
+                            );
+                        }
+                        default
+                    }
+                };
+                let td = self.check(&raw.issuer, &format!("{key}.issuer"), |_| {
+                    crate::identity::validate_trust_domain(td).map(|()| td.to_owned())
+                });
+                if raw.audiences.is_empty() {
+                    self.report(
+                        &raw.issuer,
+                        &format!("{key}.audiences"),
+                        "JWT-SVIDs must be checked for their audience: list the audiences this \
+                         service accepts",
+                    );
+                }
+                match (socket, td) {
+                    (Some(socket), Some(trust_domain)) => Some(JwksSource::WorkloadApi {
+                        socket,
+                        trust_domain,
+                    }),
+                    _ => None,
+                }
+            }
             (None, None) => {
                 self.report(
                     &raw.issuer,
                     &format!("{key}.jwks_uri"),
-                    "an issuer needs its keys: jwks_uri (fetched and cached) or jwks (a local file)",
+                    "an issuer needs its keys: jwks_uri (fetched and cached), jwks (a local file), \
+                     or issuer = \"spiffe://<trust domain>\" for JWT-SVIDs from the Workload API",
                 );
                 None
             }
         };
+        if let Some(at) = &raw.socket
+            && !matches!(jwks, Some(JwksSource::WorkloadApi { .. }))
+        {
+            self.report(
+                at,
+                &format!("{key}.socket"),
+                "socket applies to JWT-SVID issuers (issuer = \"spiffe://<trust domain>\")",
+            );
+        }
         let duration = |v: &mut Self, field: &Option<S<String>>, name: &str, default: u64| {
             v.check_or(
                 field,

@@ -170,7 +170,7 @@ impl Validator<'_> {
 }
 
 /// Checks a Workload API address: `unix:/absolute/path`, an absolute path, or `tcp://ip:port`.
-fn workload_socket(s: &str) -> Result<(), String> {
+pub(super) fn workload_socket(s: &str) -> Result<(), String> {
     let ok = s.starts_with('/')
         || s.strip_prefix("unix:")
             .is_some_and(|p| p.trim_start_matches("//").starts_with('/'))

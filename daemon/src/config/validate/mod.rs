@@ -30,6 +30,7 @@ pub(super) fn validate(
         loc,
         problems: Vec::new(),
         check_files,
+        workload_socket: None,
     };
     match v.config(raw) {
         Some(config) if v.problems.is_empty() => Ok(config),
@@ -47,6 +48,9 @@ struct Validator<'a> {
     /// Whether files named by the config are opened too (`mtlsd check`), or only their paths
     /// validated (start and reload, which read them right after anyway).
     check_files: bool,
+    /// The Workload API address JWT-SVID issuers use unless they name one: `identity.socket`,
+    /// else `SPIFFE_ENDPOINT_SOCKET`.
+    workload_socket: Option<String>,
 }
 
 impl Validator<'_> {
@@ -108,6 +112,13 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        self.workload_socket = raw
+            .identity
+            .get_ref()
+            .socket
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok());
         let identity = self.identity(&raw.identity);
         let crypto = self.crypto(&raw.crypto);
         let defaults = self.limits(&raw.limits, Limits::default(), "limits");
