@@ -868,7 +868,7 @@ when = [{{ key = "request.headers[x-env]" }}]
             at(&text, "\"1h\"")
         ),
         format!(
-            "{}: inbound[0].http.jwt[1].jwks_uri: an issuer needs its keys: jwks_uri (fetched and cached) or jwks (a local file)",
+            "{}: inbound[0].http.jwt[1].jwks_uri: an issuer needs its keys: jwks_uri (fetched and cached), jwks (a local file), or issuer = \"spiffe://<trust domain>\" for JWT-SVIDs from the Workload API",
             at(&text, "\"https://other")
         ),
         format!(
