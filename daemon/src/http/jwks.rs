@@ -602,6 +602,68 @@ mod tests {
         assert_eq!(keys.candidates(Some("sig"))[0].alg, Some(Algorithm::ES256));
     }
 
+    /// A JWKS served over HTTPS by a loopback server whose certificate is in `ca.pem`.
+    #[tokio::test]
+    async fn an_https_jwks_uri_is_fetched_trusting_jwks_ca_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = r#"{"keys":[{"kty":"EC","kid":"k1","alg":"ES256","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 2048];
+                let _ = tls.read(&mut buf).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let uri = format!("https://localhost:{port}/jwks");
+        let source = JwksSource::Uri {
+            uri: uri.clone(),
+            ca: Some(ca),
+        };
+        let jwks = Jwks::shared(
+            &source,
+            "https://idp.test",
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let keys = jwks.keys_for(Some("k1")).await.unwrap();
+        assert_eq!(keys[0].alg, Some(Algorithm::ES256));
+        // Without the CA, the same server is not trusted.
+        let untrusted = https_connector(Some(&dir.path().join("missing.pem")));
+        assert!(untrusted.is_err());
+        let system = https_connector(None).unwrap();
+        let err = get(&uri, Some(&system)).await.unwrap_err();
+        assert!(err.contains("TLS"), "{err}");
+    }
+
     #[test]
     fn back_off_doubles_and_is_bounded() {
         assert_eq!(backoff(1), Duration::from_secs(1));
