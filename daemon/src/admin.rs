@@ -127,6 +127,7 @@ impl Admin {
                     "backend": s.backend,
                     "chain": s.chain,
                     "bundle": s.bundle,
+                    "federated": s.federated,
                 }))
             }
             (&Method::GET, "/config") => {

@@ -23,6 +23,7 @@ use tokio_rustls::client::TlsStream;
 
 pub mod http;
 pub mod idp;
+pub mod spire;
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);

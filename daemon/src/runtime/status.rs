@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub chain: Vec<CertInfo>,
     /// The trust bundle's CAs.
     pub bundle: Vec<CertInfo>,
+    /// Each federated trust domain's CAs.
+    pub federated: std::collections::BTreeMap<String, Vec<CertInfo>>,
     /// The listeners and their bound addresses.
     pub listeners: Vec<BoundListener>,
     /// When this configuration took effect.
@@ -174,6 +176,16 @@ pub(super) fn snapshot(
         backend,
         chain,
         bundle,
+        federated: tls
+            .federated
+            .iter()
+            .map(|(td, b)| {
+                (
+                    td.clone(),
+                    b.certs.iter().filter_map(CertInfo::of).collect(),
+                )
+            })
+            .collect(),
         listeners,
         since: SystemTime::now(),
         device: tls.device.clone(),
