@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::identity::WorkloadApi;
 use crate::proxy::outcome::{HandshakeKind, RefuseReason};
 use crate::signing::DeviceKey;
 
@@ -147,6 +148,8 @@ pub struct Metrics {
     exported_certs: Mutex<Vec<CertLabels>>,
     /// Device keys whose counters are read at scrape time.
     devices: Arc<DeviceCollector>,
+    /// The Workload API stream, read at scrape time.
+    workload: Arc<WorkloadCollector>,
 }
 
 impl Metrics {
@@ -174,9 +177,11 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(request_histogram),
             exported_certs: Mutex::new(Vec::new()),
             devices: Arc::default(),
+            workload: Arc::default(),
             registry: Registry::default(),
         };
         registry.register_collector(Box::new(m.devices.clone()));
+        registry.register_collector(Box::new(m.workload.clone()));
         registry.register(
             "build",
             "mtlsd build information",
@@ -343,6 +348,11 @@ impl Metrics {
         }
     }
 
+    /// The Workload API stream whose health `mtlsd_workload_api_connected` reports (none: not exported).
+    pub fn set_workload(&self, api: Option<&Arc<WorkloadApi>>) {
+        *self.workload.0.write().unwrap_or_else(|e| e.into_inner()) = api.map(Arc::downgrade);
+    }
+
     /// Replaces the device keys whose crypto counters are exported.
     pub fn set_device_keys(&self, keys: Vec<DeviceKey>) {
         *self.devices.0.write().unwrap_or_else(|e| e.into_inner()) = keys;
@@ -393,6 +403,33 @@ struct DeviceLabels {
 
 /// A metric name, its help, and how to read its value off a device key.
 type Series<T> = (&'static str, &'static str, fn(&DeviceKey) -> T);
+
+/// Exports whether the Workload API stream is up (`mtlsd_workload_api_connected`), read on every scrape.
+#[derive(Debug, Default)]
+struct WorkloadCollector(RwLock<Option<std::sync::Weak<WorkloadApi>>>);
+
+impl Collector for WorkloadCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let api = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let Some(api) = api.as_ref().and_then(std::sync::Weak::upgrade) else {
+            return Ok(());
+        };
+        let family = encoder.encode_descriptor(
+            "workload_api_connected",
+            "1 while the stream from the SPIRE agent's Workload API is up; 0 while it reconnects",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(api.is_connected())).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "workload_api_reconnects",
+            "Reconnection attempts to the Workload API",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(api.reconnects()).encode(family)
+    }
+}
 
 /// Exports the offload counters of device keys (`mtlsd_crypto_*`), read live on every scrape.
 #[derive(Debug, Default)]

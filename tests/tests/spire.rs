@@ -141,9 +141,19 @@ async fn two_daemons_with_svids_from_spire_serve_each_other_through_rotations_an
         .logs_where(|l| l["message"] == "the Workload API sent a new SVID or bundle: applying it");
     assert!(!updates.is_empty());
 
-    // The agent goes away: both daemons keep serving with the SVID they hold.
+    let connected = |d: &Daemon| {
+        let (_, text) = admin_request(d.admin_addr(), "/metrics", None);
+        mtlsd_e2e::metric(&text, "mtlsd_workload_api_connected")
+    };
+    assert_eq!(connected(&web), Some(1.0));
+    // The agent goes away: both daemons keep serving with the SVID they hold, and say so.
     agent.stop();
     assert_eq!(round_trip(out, b"agentless").await.unwrap(), b"agentless");
+    let deadline = Instant::now() + WAIT;
+    while connected(&web) != Some(0.0) {
+        assert!(Instant::now() < deadline, "the lost stream is not reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before_restart = serving_serial(&web);
     // Back: it issues fresh SVIDs, which the daemons pick up on their own.
     agent.restart();

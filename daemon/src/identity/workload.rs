@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ::spiffe::x509_source::X509SourceUpdates;
@@ -47,9 +48,44 @@ impl ::spiffe::x509_source::SvidPicker for ById {
     }
 }
 
+/// Follows the stream's state as the source reports it: up after each update, down after a
+/// stream error until the next one; logs each change once.
+#[derive(Debug)]
+struct StreamHealth {
+    socket: String,
+    connected: AtomicBool,
+    reconnects: AtomicU64,
+}
+
+impl ::spiffe::x509_source::MetricsRecorder for StreamHealth {
+    fn record_update(&self) {
+        if !self.connected.swap(true, Ordering::Relaxed) {
+            tracing::info!(socket = %self.socket, "Workload API stream is back");
+        }
+    }
+
+    fn record_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_error(&self, kind: ::spiffe::x509_source::MetricsErrorKind) {
+        use ::spiffe::x509_source::MetricsErrorKind as K;
+        if matches!(kind, K::StreamConnect | K::StreamError | K::StreamEnded)
+            && self.connected.swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                socket = %self.socket,
+                error = kind.as_str(),
+                "Workload API stream lost; the last SVID keeps serving while it reconnects"
+            );
+        }
+    }
+}
+
 /// A live connection to the Workload API.
 pub struct WorkloadApi {
     source: X509Source,
+    health: Arc<StreamHealth>,
     /// One receiver for the connection's life, so an update that lands while the daemon is
     /// busy is still seen at its next wait.
     updates: tokio::sync::Mutex<X509SourceUpdates>,
@@ -84,8 +120,14 @@ impl WorkloadApi {
         id: Option<&SpiffeId>,
         startup_timeout: Duration,
     ) -> Result<Self, String> {
+        let health = Arc::new(StreamHealth {
+            socket: socket.to_owned(),
+            connected: AtomicBool::new(true),
+            reconnects: AtomicU64::new(0),
+        });
         let mut builder = X509Source::builder()
             .endpoint(endpoint(socket))
+            .metrics(health.clone())
             .initial_sync_timeout(startup_timeout)
             .reconnect_backoff(Duration::from_millis(200), Duration::from_secs(30));
         if let Some(id) = id {
@@ -105,6 +147,7 @@ impl WorkloadApi {
         .map_err(|e| describe(socket, &e))?;
         Ok(Self {
             updates: tokio::sync::Mutex::new(source.updated()),
+            health,
             source,
             socket: socket.to_owned(),
             id: id.cloned(),
@@ -125,9 +168,14 @@ impl WorkloadApi {
         }
     }
 
-    /// Whether the stream from the agent is up.
-    pub fn is_healthy(&self) -> bool {
-        self.source.is_healthy()
+    /// Whether the stream from the agent is up (false from a stream error to the next update).
+    pub fn is_connected(&self) -> bool {
+        self.health.connected.load(Ordering::Relaxed)
+    }
+
+    /// Reconnection attempts since it connected.
+    pub fn reconnects(&self) -> u64 {
+        self.health.reconnects.load(Ordering::Relaxed)
     }
 
     /// The material in force: the last good SVID and bundles, even while the agent is away.

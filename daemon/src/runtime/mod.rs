@@ -172,6 +172,7 @@ impl Daemon {
             grace: config.shutdown_grace,
         };
         daemon.apply(config, tls, backend).await?;
+        daemon.metrics.set_workload(daemon.workload.as_ref());
         let backend = backend_name;
         for name in daemon.activated.keys() {
             let listeners: Vec<_> = daemon.running.iter().map(Running::name).collect();
@@ -195,6 +196,7 @@ impl Daemon {
             {
                 old.close().await;
             }
+            self.metrics.set_workload(self.workload.as_ref());
             Ok(summary)
         }
         .await;
