@@ -8,18 +8,22 @@
 //! | `/config` | GET | JSON: the configuration in effect, defaults filled in, secrets elided |
 //! | `/metrics` | GET | Prometheus / OpenMetrics text |
 //! | `/logging` | GET, PUT | the log filter in effect; PUT a new one (e.g. `info,mtlsd=debug`) |
+//! | `/decisions` | GET | Server-Sent Events: every decision as it happens (`?listener=`, `?peer=` prefix, `?outcome=allow\|deny`) |
 //!
 //! The endpoint is unauthenticated, which is why the config only lets it listen on loopback.
 //! It is also bounded, so that no local process can use it to take descriptors or
 //! time from the data path: at most [`MAX_CONNECTIONS`] at once (more are closed
 //! on accept), one request per connection, headers within [`HEADER_TIMEOUT`] and
-//! the whole exchange within [`CONNECTION_TIMEOUT`].
+//! the whole exchange within [`CONNECTION_TIMEOUT`] — except a `/decisions` stream, which
+//! lasts while its reader keeps up: one that falls [`STREAM_BACKLOG`] events behind is cut off.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -29,11 +33,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::accept::{AcceptErrors, LogLimit};
+use crate::audit::{DecisionRecord, Decisions};
 use crate::metrics::Metrics;
 use crate::runtime::Status;
 
@@ -45,6 +50,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one admin connection may last, request and response included.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events a `/decisions` reader may have unread before it is disconnected.
+pub const STREAM_BACKLOG: usize = 256;
+/// A comment line sent this often on a quiet `/decisions` stream, so a dead reader is noticed.
+const STREAM_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Reads and changes the log filter at runtime.
 pub trait LogControl: Send + Sync {
@@ -62,6 +71,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The log filter, when the binary installed a reloadable one.
     pub log: Option<Arc<dyn LogControl>>,
+    /// Every decision, for `/decisions`.
+    pub decisions: Arc<Decisions>,
 }
 
 impl Admin {
@@ -93,27 +104,64 @@ impl Admin {
                 continue;
             };
             let admin = self.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let service = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.respond(req).await) }
+                let streaming = Arc::new(AtomicBool::new(false));
+                let service = service_fn({
+                    let streaming = streaming.clone();
+                    move |req| {
+                        let (admin, streaming, stop) =
+                            (admin.clone(), streaming.clone(), stop.clone());
+                        async move { Ok::<_, Infallible>(admin.respond(req, &streaming, stop).await) }
+                    }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service);
-                match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(src = %src, error = %e, "admin connection failed"),
-                    Err(_) => debug!(src = %src, "admin connection timed out"),
+                tokio::pin!(conn);
+                let deadline = tokio::time::sleep(CONNECTION_TIMEOUT);
+                tokio::pin!(deadline);
+                let mut past_deadline = false;
+                loop {
+                    tokio::select! {
+                        result = &mut conn => {
+                            if let Err(e) = result {
+                                debug!(src = %src, error = %e, "admin connection failed");
+                            }
+                            break;
+                        }
+                        () = &mut deadline, if !past_deadline => {
+                            // A live stream may outlast the deadline; anything else may not.
+                            if !streaming.load(Ordering::Relaxed) {
+                                debug!(src = %src, "admin connection timed out");
+                                break;
+                            }
+                            past_deadline = true;
+                        }
+                    }
                 }
             });
         }
     }
 
-    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        streaming: &AtomicBool,
+        stop: CancellationToken,
+    ) -> Response<AdminBody> {
+        if (req.method(), req.uri().path()) == (&Method::GET, "/decisions") {
+            streaming.store(true, Ordering::Relaxed);
+            let filter = DecisionFilter::from_query(req.uri().query().unwrap_or(""));
+            return decision_stream(self.decisions.subscribe(), filter, stop);
+        }
+        self.respond_once(req).await.map(BodyExt::boxed)
+    }
+
+    async fn respond_once(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/ready") => match self.status.readiness() {
@@ -169,15 +217,133 @@ impl Admin {
                     Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 }
             }
-            (_, "/healthz" | "/ready" | "/certs" | "/config" | "/metrics" | "/logging") => text(
+            (
+                _,
+                "/healthz" | "/ready" | "/certs" | "/config" | "/metrics" | "/logging"
+                | "/decisions",
+            ) => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".into(),
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /ready /certs /config /metrics /logging\n".into(),
+                "not found; try /healthz /ready /certs /config /metrics /logging /decisions\n"
+                    .into(),
             ),
         }
+    }
+}
+
+/// What the admin endpoint answers with: a whole body, or a stream of events.
+type AdminBody = BoxBody<Bytes, Infallible>;
+
+/// Which decisions a `/decisions` reader asked for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DecisionFilter {
+    /// Only this listener's.
+    pub listener: Option<String>,
+    /// Only peers whose SPIFFE ID starts with this.
+    pub peer: Option<String>,
+    /// Only `allow` or only `deny`.
+    pub outcome: Option<String>,
+}
+
+impl DecisionFilter {
+    /// Reads `listener=`, `peer=` and `outcome=` from a query string.
+    pub fn from_query(query: &str) -> Self {
+        let param = |name| crate::http::jwt::query_param(query, name).filter(|v| !v.is_empty());
+        Self {
+            listener: param("listener"),
+            peer: param("peer"),
+            outcome: param("outcome"),
+        }
+    }
+
+    /// Whether `d` passes.
+    pub fn admits(&self, d: &DecisionRecord) -> bool {
+        self.listener.as_ref().is_none_or(|l| *l == d.listener)
+            && self.outcome.as_ref().is_none_or(|o| o == d.outcome)
+            && self.peer.as_ref().is_none_or(|p| {
+                d.peer_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with(p.as_str()))
+            })
+    }
+}
+
+/// A Server-Sent Events response carrying every decision `filter` admits until the daemon
+/// stops or the reader falls behind.
+fn decision_stream(
+    mut rx: broadcast::Receiver<Arc<DecisionRecord>>,
+    filter: DecisionFilter,
+    stop: CancellationToken,
+) -> Response<AdminBody> {
+    let (tx, body_rx) = mpsc::channel::<Bytes>(STREAM_BACKLOG);
+    tokio::spawn(async move {
+        let mut heartbeat = tokio::time::interval(STREAM_HEARTBEAT);
+        // `: ` lines are SSE comments: this one opens the stream at once.
+        if tx
+            .try_send(Bytes::from_static(b": mtlsd decisions\n\n"))
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => break,
+                _ = heartbeat.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                received = rx.recv() => match received {
+                    Ok(d) if filter.admits(&d) => {
+                        let json = serde_json::to_string(&*d).unwrap_or_default();
+                        Bytes::from(format!("event: decision\ndata: {json}\n\n"))
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "a /decisions reader fell behind; disconnected");
+                        let _ = tx.try_send(Bytes::from(format!("event: lagged\ndata: {n}\n\n")));
+                        break;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            };
+            // The reader must keep up: a full buffer means it does not, and it is let go.
+            match tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(
+                        backlog = STREAM_BACKLOG,
+                        "a /decisions reader stopped reading; disconnected"
+                    );
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(EventBody(body_rx)));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// A `/decisions` body: the events the forwarding task sends, until it stops.
+struct EventBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
 

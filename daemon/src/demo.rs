@@ -186,6 +186,7 @@ pub fn prepare(state_dir: &Path, ports: DemoPorts) -> Result<(Config, DemoFiles)
         }),
         resumption: ResumptionConfig::default(),
         recheck: crate::proxy::live::RecheckMode::Close,
+        audit: None,
     };
     Ok((config, files))
 }

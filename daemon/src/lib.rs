@@ -5,10 +5,12 @@
 //! connects to the local service and copies bytes ([`proxy::forward`]);
 //! [`proxy::outbound`] is the mirror image for local clients. [`runtime`] binds
 //! the listeners from a [`config::Config`], reloads and drains them;
-//! [`supervisor`] runs it as a process (signals, file watching, renewal, systemd).
+//! [`supervisor`] runs it as a process (signals, file watching, renewal, systemd);
+//! [`whatif`] asks a config what its policy decides, offline (`mtlsd policy`).
 
 pub mod accept;
 pub mod admin;
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
@@ -25,3 +27,4 @@ pub mod supervisor;
 pub mod systemd;
 pub mod tls;
 pub mod watch;
+pub mod whatif;

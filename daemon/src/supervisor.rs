@@ -110,6 +110,8 @@ pub enum Event {
     Renew,
     /// The Workload API sent a new SVID or bundle.
     IdentityUpdated,
+    /// Reopen the audit file (SIGUSR1, after an external logrotate).
+    ReopenAudit,
     /// Time to check certificate lifetimes for warnings.
     CheckExpiry,
     /// Drain and exit (SIGTERM or SIGINT).
@@ -121,6 +123,7 @@ struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 /// A started daemon and everything that keeps it running.
@@ -152,6 +155,8 @@ impl Supervisor {
             term: signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?,
             int: signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?,
             hup: signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?,
+            usr1: signal(SignalKind::user_defined1())
+                .map_err(io("installing the SIGUSR1 handler"))?,
         };
         let demo_ports = match &source {
             ConfigSource::File(_) => None,
@@ -190,6 +195,7 @@ impl Supervisor {
                 status: daemon.status().clone(),
                 metrics,
                 log,
+                decisions: daemon.decisions().clone(),
             });
             tokio::spawn(admin.serve(socket, stop_admin.clone()));
         }
@@ -264,6 +270,7 @@ impl Supervisor {
                 _ = self.signals.term.recv() => Event::Stop("SIGTERM"),
                 _ = self.signals.int.recv() => Event::Stop("SIGINT"),
                 _ = self.signals.hup.recv() => Event::Reload,
+                _ = self.signals.usr1.recv() => Event::ReopenAudit,
                 () = renewal => Event::Renew,
                 () = identity_update => Event::IdentityUpdated,
                 _ = self.expiry_tick.tick() => Event::CheckExpiry,
@@ -283,6 +290,13 @@ impl Supervisor {
             Event::Stop(_) => return,
             Event::CheckExpiry => {
                 self.daemon.warn_if_expiring();
+                return;
+            }
+            Event::ReopenAudit => {
+                match self.daemon.decisions().current_writer() {
+                    Some(writer) => writer.reopen(),
+                    None => info!("SIGUSR1 received, but no audit file is configured"),
+                }
                 return;
             }
             Event::Reload => {

@@ -69,6 +69,50 @@ pub struct Config {
     pub resumption: ResumptionConfig,
     /// What a change of policy, CRL or bundle does to open connections it would now refuse.
     pub recheck: RecheckMode,
+    /// The tamper-evident audit file, if one is kept.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`: where decisions are recorded and what may be lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditConfig {
+    /// The JSON-lines file.
+    pub file: PathBuf,
+    /// What a full queue does to the data path.
+    pub on_full: OnFull,
+    /// Records queued for the writer at most.
+    pub queue: usize,
+    /// When records reach the disk.
+    pub fsync: FsyncPolicy,
+    /// How often, with `fsync = "interval"`.
+    #[serde(serialize_with = "as_duration")]
+    pub fsync_interval: Duration,
+    /// The file is rotated when it reaches this size (0: never).
+    pub rotate_bytes: u64,
+    /// Rotated files kept (`file.1` … `file.<keep>`).
+    pub keep: usize,
+}
+
+/// What happens when the audit queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// The connection or request waits for room: nothing is lost.
+    Block,
+    /// The record is dropped, counted and logged: the data path never waits.
+    Drop,
+}
+
+/// When audit records are synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every record; an admitted connection waits for its record before its first byte.
+    EveryRecord,
+    /// Every `fsync_interval`.
+    Interval,
+    /// When the kernel decides.
+    Never,
 }
 
 /// How inbound listeners resume TLS sessions; see [`SessionResumption`] for the per-listener choice.

@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub resumption: RawResumption,
     #[serde(default)]
     pub recheck: RawRecheck,
+    pub audit: Option<S<RawAudit>>,
     #[serde(default)]
     pub inbound: Vec<S<RawInbound>>,
     #[serde(default)]
@@ -106,6 +107,18 @@ pub(super) struct RawResumption {
     pub ticket_key_file: Option<S<String>>,
     pub ticket_rotation: Option<S<String>>,
     pub session_cache_size: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub file: S<String>,
+    pub on_full: Option<S<String>>,
+    pub queue: Option<S<i64>>,
+    pub fsync: Option<S<String>>,
+    pub fsync_interval: Option<S<String>>,
+    pub rotate_bytes: Option<S<i64>>,
+    pub keep: Option<S<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -32,6 +32,7 @@ use super::jwt::{Validated, without_param};
 use super::path;
 use super::rules::{RequestFacts, evaluate};
 use super::upstream::POOL_URI;
+use crate::audit::{DecisionRecord, Decisions};
 use crate::config::{TokenSource, UpstreamProtocol};
 use crate::identity::SpiffeId;
 use crate::policy::Peer;
@@ -78,6 +79,8 @@ pub struct Connection<F> {
     pub h2: bool,
     /// Close after this long with no request in flight and no bytes moving.
     pub idle_timeout: Duration,
+    /// Where each request's decision is recorded.
+    pub decisions: Arc<Decisions>,
 }
 
 /// Per-connection counters shared by the I/O wrapper and the requests.
@@ -130,6 +133,7 @@ where
             current: self.current,
             peer: self.peer,
             stats: stats.clone(),
+            decisions: self.decisions,
         });
         let service = hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
@@ -192,6 +196,7 @@ struct Ctx<F> {
     current: F,
     peer: PeerInfo,
     stats: Arc<ConnStats>,
+    decisions: Arc<Decisions>,
 }
 
 /// What one request's access line and metrics say; logged when it is dropped, which is
@@ -199,6 +204,8 @@ struct Ctx<F> {
 struct Record {
     route: Arc<HttpRoute>,
     stats: Arc<ConnStats>,
+    decisions: Arc<Decisions>,
+    src: SocketAddr,
     peer: String,
     method: Method,
     authority: String,
@@ -209,6 +216,7 @@ struct Record {
     rule: String,
     audit: Option<String>,
     subject: Option<String>,
+    issuer: Option<String>,
     reason: Option<String>,
     started: Instant,
     upstream: Option<Duration>,
@@ -243,6 +251,25 @@ impl Drop for Record {
             bytes_out = self.bytes_out.load(Ordering::Relaxed),
             "request"
         );
+        let allowed =
+            matches!(self.decision, "allow" | "no_rules") || self.decision.starts_with("dry_run");
+        self.decisions.record(DecisionRecord {
+            src: self.src.to_string(),
+            peer_id: Some(self.peer.clone()),
+            jwt_iss: self.issuer.take(),
+            jwt_sub: self.subject.take(),
+            outcome: if allowed { "allow" } else { "deny" },
+            decision: self.decision.to_owned(),
+            rule: (!self.rule.is_empty()).then(|| std::mem::take(&mut self.rule)),
+            reason: self.reason.take(),
+            method: Some(self.method.to_string()),
+            path: Some(std::mem::take(&mut self.path)),
+            status: Some(self.status),
+            bytes_in: Some(self.bytes_in.load(Ordering::Relaxed)),
+            bytes_out: Some(self.bytes_out.load(Ordering::Relaxed)),
+            duration_ms: Some(took.as_millis() as u64),
+            ..DecisionRecord::new("request", &self.route.listener, "inbound")
+        });
     }
 }
 
@@ -269,6 +296,8 @@ where
         let mut record = Record {
             route: route.clone(),
             stats: self.stats.clone(),
+            decisions: self.decisions.clone(),
+            src: self.peer.src,
             peer: self.peer.id.to_string(),
             method: parts.method.clone(),
             authority,
@@ -279,6 +308,7 @@ where
             rule: String::new(),
             audit: None,
             subject: None,
+            issuer: None,
             reason: None,
             started: Instant::now(),
             upstream: None,
@@ -326,11 +356,15 @@ where
                 );
             }
         };
-        record.subject = validated
-            .as_ref()
-            .and_then(|v| v.auth.claims.get("sub"))
-            .and_then(|s| s.as_str())
-            .map(str::to_owned);
+        let claim = |name: &str| {
+            validated
+                .as_ref()
+                .and_then(|v| v.auth.claims.get(name))
+                .and_then(|s| s.as_str())
+                .map(str::to_owned)
+        };
+        record.subject = claim("sub");
+        record.issuer = claim("iss");
 
         let verdict = evaluate(
             &config.rules,

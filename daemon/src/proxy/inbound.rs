@@ -26,6 +26,7 @@ use super::outcome::HandshakeKind;
 use super::policy_verifier::PolicyVerifier;
 use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason, client_hello, peer, proxy_protocol};
+use crate::audit::DecisionRecord;
 use crate::config::{InboundConfig, Mode, Upstream};
 use crate::http::HttpRoute;
 use crate::http::serve::{Connection as HttpConnection, PeerInfo};
@@ -140,20 +141,36 @@ impl Inbound {
             }
             Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone(), None),
         };
-        // Registered so a policy, CRL or bundle change re-checks it while it is open.
-        let registration = match &admitted {
-            Admitted::Tls { stream, id, .. } => Some(conn.live.register(
-                &self.config.name,
-                Direction::Inbound,
-                PeerFacts::of(
-                    id.clone(),
-                    stream.connection().peer_certificates().unwrap_or_default(),
-                ),
-                self.config.limits.max_connection_lifetime,
-                hard_stop,
+        let facts = match &admitted {
+            Admitted::Tls { stream, id, .. } => Some(PeerFacts::of(
+                id.clone(),
+                stream.connection().peer_certificates().unwrap_or_default(),
             )),
             Admitted::Plaintext { .. } => None,
         };
+        let peer_serial = facts.as_ref().and_then(PeerFacts::leaf_serial);
+        // On the record before the first byte moves (and on disk first, with every_record).
+        conn.decisions
+            .record_durably(DecisionRecord {
+                src: src.to_string(),
+                peer_id: Some(peer_id.clone()),
+                peer_serial: peer_serial.clone(),
+                outcome: "allow",
+                decision: "allow".to_owned(),
+                rule: Some(rule.clone()),
+                ..DecisionRecord::new("admitted", &self.config.name, Direction::Inbound.as_str())
+            })
+            .await;
+        // Registered so a policy, CRL or bundle change re-checks it while it is open.
+        let registration = facts.map(|facts| {
+            conn.live.register(
+                &self.config.name,
+                Direction::Inbound,
+                facts,
+                self.config.limits.max_connection_lifetime,
+                hard_stop,
+            )
+        });
         let stop = registration.as_ref().map_or(hard_stop, Registration::token);
         let mut forwarded = match (&self.http, &admitted) {
             (Some(http), Admitted::Tls { .. }) => {
@@ -178,6 +195,7 @@ impl Inbound {
         Ok(Closed {
             peer_id,
             rule: Some(rule),
+            peer_serial,
             handshake,
             upstream: self.config.forward.to_string(),
             forwarded,
@@ -417,6 +435,7 @@ impl Inbound {
             early,
             h2,
             idle_timeout: self.config.limits.idle_timeout,
+            decisions: conn.decisions.clone(),
         };
         connection
             .serve(FlushOnRead(stream), &conn.draining, stop)

@@ -14,6 +14,7 @@ use super::outcome::log_outcome;
 use super::route_state::RouteState;
 use super::{Drain, Outcome, Refusal, RefuseReason};
 use crate::accept::AcceptErrors;
+use crate::audit::{DecisionRecord, Decisions};
 use crate::config::ListenerCommon;
 use crate::metrics::{Direction, ListenerMetrics};
 
@@ -88,6 +89,8 @@ pub struct ConnContext {
     pub listener: Arc<Listener>,
     /// Where an admitted connection registers, so a re-check can close it.
     pub live: Arc<LiveConnections>,
+    /// Where decisions are recorded.
+    pub decisions: Arc<Decisions>,
 }
 
 /// One connection's accounting: the active gauge and the line that ends it, even on a panic.
@@ -250,15 +253,50 @@ impl Listener {
                 draining: drain.stop_accepting.clone(),
                 listener: self.clone(),
                 live: drain.live.clone(),
+                decisions: drain.decisions.clone(),
             };
+            let decisions = drain.decisions.clone();
             drain.tracker.spawn(async move {
                 let open = OpenConnection::new(route.name(), route.metrics(), src);
                 let outcome = route.handle(stream, src, conn).await;
                 drop(permit);
                 open.close(&outcome);
+                decisions.record(audit_record(&outcome, route.name(), route.direction(), src));
             });
         }
         socket
+    }
+}
+
+/// The audit record of a connection's end: refused, or closed after forwarding.
+fn audit_record(
+    outcome: &Outcome,
+    listener: &str,
+    direction: Direction,
+    src: SocketAddr,
+) -> DecisionRecord {
+    match outcome {
+        Err(refusal) => DecisionRecord {
+            src: src.to_string(),
+            peer_id: refusal.peer.clone(),
+            outcome: "deny",
+            decision: refusal.reason.as_str().to_owned(),
+            reason: Some(refusal.detail.clone()),
+            ..DecisionRecord::new("refused", listener, direction.as_str())
+        },
+        Ok(closed) => DecisionRecord {
+            src: src.to_string(),
+            peer_id: Some(closed.peer_id.clone()),
+            peer_serial: closed.peer_serial.clone(),
+            outcome: "allow",
+            decision: "allow".to_owned(),
+            rule: closed.rule.clone(),
+            reason: Some(closed.forwarded.reason.as_str().to_owned()),
+            bytes_in: Some(closed.forwarded.from_peer),
+            bytes_out: Some(closed.forwarded.to_peer),
+            duration_ms: Some(closed.duration.as_millis() as u64),
+            ..DecisionRecord::new("closed", listener, direction.as_str())
+        },
     }
 }
 

@@ -105,6 +105,13 @@ impl PeerFacts {
     }
 }
 
+impl PeerFacts {
+    /// The serial of the peer's leaf certificate, hex.
+    pub fn leaf_serial(&self) -> Option<String> {
+        self.serials.first().map(|(_, serial)| hex::encode(serial))
+    }
+}
+
 /// What happens to a connection a re-check finds no longer admissible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -31,6 +31,8 @@ pub struct Drain {
     pub tracker: TaskTracker,
     /// Every admitted connection, to re-check or close one alone.
     pub live: Arc<live::LiveConnections>,
+    /// Where every decision is recorded (audit file, live view).
+    pub decisions: Arc<crate::audit::Decisions>,
 }
 
 impl Drain {
@@ -41,6 +43,7 @@ impl Drain {
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             live: Arc::default(),
+            decisions: Arc::default(),
         }
     }
 }

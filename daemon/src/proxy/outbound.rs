@@ -16,6 +16,7 @@ use super::outcome::HandshakeKind;
 use super::peer;
 use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason};
+use crate::audit::DecisionRecord;
 use crate::config::OutboundConfig;
 use crate::metrics::{Direction, ListenerMetrics};
 use crate::tls::TlsIdentity;
@@ -88,10 +89,25 @@ impl Outbound {
             )
         })??;
         let chain = remote.get_ref().1.peer_certificates().unwrap_or_default();
+        let facts = PeerFacts::of(self.config.server_id.clone(), chain);
+        let peer_serial = facts.leaf_serial();
+        let src = local
+            .peer_addr()
+            .map_or_else(|_| String::new(), |a| a.to_string());
+        conn.decisions
+            .record_durably(DecisionRecord {
+                src,
+                peer_id: Some(self.config.server_id.to_string()),
+                peer_serial: peer_serial.clone(),
+                outcome: "allow",
+                decision: "allow".to_owned(),
+                ..DecisionRecord::new("admitted", &self.config.name, Direction::Outbound.as_str())
+            })
+            .await;
         let registration = conn.live.register(
             &self.config.name,
             Direction::Outbound,
-            PeerFacts::of(self.config.server_id.clone(), chain),
+            facts,
             self.config.limits.max_connection_lifetime,
             &conn.hard_stop,
         );
@@ -109,6 +125,7 @@ impl Outbound {
         Ok(Closed {
             peer_id: self.config.server_id.to_string(),
             rule: None,
+            peer_serial,
             handshake: Some(kind),
             upstream: self.config.connect.clone(),
             forwarded,

@@ -217,6 +217,8 @@ pub struct Closed {
     pub peer_id: String,
     /// The allow rule that admitted the peer (inbound only).
     pub rule: Option<String>,
+    /// The serial of the peer's leaf certificate, hex (TLS peers).
+    pub peer_serial: Option<String>,
     /// `full`, `resumed` or `early_data`; `None` for plaintext peers.
     pub handshake: Option<HandshakeKind>,
     /// Where the bytes went.

@@ -64,6 +64,9 @@ pub enum StartError {
         /// What failed.
         cause: String,
     },
+    /// The audit file could not be opened.
+    #[error("{0}")]
+    Audit(crate::audit::AuditError),
     /// The SPIFFE Workload API gave no usable identity.
     #[error("{0}")]
     Workload(String),

@@ -250,6 +250,15 @@ impl Daemon {
         }
 
         let resumption = self.resumption.prepare(&config, &tls, &wanted)?;
+        // The audit writer is started before anything is committed: a file that cannot be
+        // opened rejects the reload like a missing certificate.
+        let audit_writer = match &config.audit {
+            None => None,
+            Some(audit) => match self.drain.decisions.current_writer() {
+                Some(w) if w.serves(audit) => Some(w),
+                _ => Some(crate::audit::Writer::start(audit).map_err(StartError::Audit)?),
+            },
+        };
         let mut routes = Vec::with_capacity(wanted.len());
         for w in wanted {
             let server = resumption
@@ -261,6 +270,14 @@ impl Daemon {
 
         // Commit: nothing below can fail the reload.
         self.resumption.commit(resumption);
+        let previous = self.drain.decisions.set_writer(audit_writer.clone());
+        if let Some(old) = previous
+            && !audit_writer.as_ref().is_some_and(|w| Arc::ptr_eq(w, &old))
+        {
+            // Off the event loop: closing joins the writer thread, which flushes and syncs.
+            tokio::task::spawn_blocking(move || old.close());
+        }
+        let generation = self.drain.decisions.next_generation();
         let backend_name = backend.1.name();
         self.backend = Some(backend);
         if let Some(probe) = self.device_probe.take() {
@@ -353,6 +370,7 @@ impl Daemon {
             .set_unclaimed_sockets(self.activated.keys().cloned().collect());
         self.grace = config.shutdown_grace;
         self.recheck = config.recheck;
+        tracing::debug!(generation, "configuration generation in force");
         // Open connections meet the policy, CRLs and bundle now in force.
         let routes = self
             .running
@@ -402,6 +420,11 @@ impl Daemon {
     pub async fn refresh(&mut self) -> Result<ReloadSummary, StartError> {
         let config = self.status.snapshot().config.clone();
         self.reload(config).await
+    }
+
+    /// Where decisions are recorded: the audit file and the live view.
+    pub fn decisions(&self) -> &Arc<crate::audit::Decisions> {
+        &self.drain.decisions
     }
 
     /// The Workload API stream our identity comes from, if it does.
@@ -482,6 +505,10 @@ impl Daemon {
             );
             self.drain.hard_stop.cancel();
             let _ = tokio::time::timeout(HARD_STOP_LINGER, self.drain.tracker.wait()).await;
+        }
+        // Every record of the drained connections is written and synced before we say so.
+        if let Some(writer) = self.drain.decisions.set_writer(None) {
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
         }
         info!("stopped");
     }

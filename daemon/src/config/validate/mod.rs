@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::{Locator, Problem};
-use super::raw::{RawAdmin, RawConfig, RawResumption, S};
+use super::raw::{RawAdmin, RawAudit, RawConfig, RawResumption, S};
 use super::{
-    AdminConfig, Config, Limits, MAX_SESSION_CACHE, ResumptionConfig, format_duration,
-    parse_duration,
+    AdminConfig, AuditConfig, Config, FsyncPolicy, Limits, MAX_SESSION_CACHE, OnFull,
+    ResumptionConfig, format_duration, parse_duration,
 };
 use crate::proxy::live::RecheckMode;
 
@@ -149,6 +149,11 @@ impl Validator<'_> {
                 },
             );
 
+        let audit = match &raw.audit {
+            None => Some(None),
+            Some(a) => self.audit(a.get_ref()).map(Some),
+        };
+
         Some(Config {
             identity: identity?,
             crypto: crypto?,
@@ -158,6 +163,7 @@ impl Validator<'_> {
             admin: admin?,
             resumption: resumption?,
             recheck: recheck?,
+            audit: audit?,
         })
     }
 
@@ -183,6 +189,65 @@ impl Validator<'_> {
             ticket_key_file: ticket_key_file?,
             ticket_rotation: ticket_rotation?,
             session_cache_size: session_cache_size?,
+        })
+    }
+
+    fn audit(&mut self, raw: &RawAudit) -> Option<AuditConfig> {
+        let file = self.check(&raw.file, "audit.file", |p| non_empty(p).map(PathBuf::from));
+        let on_full = self.check_or(&raw.on_full, "audit.on_full", OnFull::Block, |v| {
+            match v.as_str() {
+                "block" => Ok(OnFull::Block),
+                "drop" => Ok(OnFull::Drop),
+                other => Err(format!(
+                    "unknown on_full {other:?}; expected \"block\" (nothing is lost) or \"drop\" (never wait)"
+                )),
+            }
+        });
+        let queue = self.check_or(&raw.queue, "audit.queue", 65_536, |n| {
+            count_up_to(n, 10_000_000)
+        });
+        let fsync = self.check_or(
+            &raw.fsync,
+            "audit.fsync",
+            FsyncPolicy::Interval,
+            |v| match v.as_str() {
+                "every_record" => Ok(FsyncPolicy::EveryRecord),
+                "interval" => Ok(FsyncPolicy::Interval),
+                "never" => Ok(FsyncPolicy::Never),
+                other => Err(format!(
+                    "unknown fsync {other:?}; expected \"every_record\", \"interval\" or \"never\""
+                )),
+            },
+        );
+        let fsync_interval = self.check_or(
+            &raw.fsync_interval,
+            "audit.fsync_interval",
+            Duration::from_secs(1),
+            |s| nonzero_duration(s),
+        );
+        let rotate_bytes = self.check_or(&raw.rotate_bytes, "audit.rotate_bytes", 100 << 20, |n| {
+            u64::try_from(*n).map_err(|_| "must be 0 (never) or a size in bytes".to_owned())
+        });
+        let keep = self.check_or(&raw.keep, "audit.keep", 10, |n| count_up_to(n, 1000));
+        if let Some(file) = &file
+            && let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && self.check_files
+            && !dir.is_dir()
+        {
+            self.report(
+                &raw.file,
+                "audit.file",
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+        Some(AuditConfig {
+            file: file?,
+            on_full: on_full?,
+            queue: queue?,
+            fsync: fsync?,
+            fsync_interval: fsync_interval?,
+            rotate_bytes: rotate_bytes?,
+            keep: keep?,
         })
     }
 

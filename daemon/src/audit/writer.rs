@@ -1,0 +1,294 @@
+//! The audit file's writer: a thread fed by a bounded queue, appending hash-chained records,
+//! syncing them as configured, rotating by size and reopening on request.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::DecisionRecord;
+use super::chain::{self, Head};
+use crate::config::{AuditConfig, FsyncPolicy, OnFull};
+
+/// Why the audit file cannot be written.
+#[derive(Debug, thiserror::Error)]
+#[error("audit file {path}: {cause}")]
+pub struct AuditError {
+    /// The file.
+    pub path: PathBuf,
+    /// What failed.
+    pub cause: String,
+}
+
+enum Msg {
+    Record(
+        Box<DecisionRecord>,
+        Option<tokio::sync::oneshot::Sender<()>>,
+    ),
+    Reopen,
+}
+
+/// The handle the data path submits records to.
+#[derive(Debug)]
+pub struct Writer {
+    config: AuditConfig,
+    queue: Mutex<Option<SyncSender<Msg>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    written: Arc<AtomicU64>,
+    dropped: AtomicU64,
+    /// When a drop was last logged, so a full queue logs once a second, not per record.
+    last_drop_log: Mutex<Option<Instant>>,
+}
+
+impl Writer {
+    /// Opens (or continues the chain of) the file `config` names and starts the writer thread.
+    pub fn start(config: &AuditConfig) -> Result<Arc<Self>, AuditError> {
+        let err = |cause: String| AuditError {
+            path: config.file.clone(),
+            cause,
+        };
+        let head = resume(&config.file).map_err(err)?;
+        let file = open(&config.file).map_err(|e| err(e.to_string()))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let (tx, rx) = sync_channel(config.queue);
+        let written = Arc::new(AtomicU64::new(0));
+        let mut state = State {
+            config: config.clone(),
+            file,
+            size,
+            head,
+            written: written.clone(),
+            dirty: false,
+        };
+        info!(file = %config.file.display(), seq = state.head.seq, head = %state.head.hash, "audit trail open");
+        let thread = std::thread::Builder::new()
+            .name("mtlsd-audit".into())
+            .spawn(move || state.run(&rx))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            queue: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            written,
+            dropped: AtomicU64::new(0),
+            last_drop_log: Mutex::new(None),
+        }))
+    }
+
+    /// Whether this writer was started with `config` (a reload with the same settings keeps it).
+    pub fn serves(&self, config: &AuditConfig) -> bool {
+        self.config == *config
+    }
+
+    /// Whether each record is on disk before the connection it records goes on.
+    pub fn syncs_every_record(&self) -> bool {
+        self.config.fsync == FsyncPolicy::EveryRecord
+    }
+
+    /// Queues `decision`; when the queue is full, waits (`on_full = "block"`) or drops it and counts.
+    pub fn submit(&self, decision: DecisionRecord) {
+        self.send(Msg::Record(Box::new(decision), None));
+    }
+
+    /// Queues `decision` and waits until it is written and synced.
+    pub async fn submit_and_wait(&self, decision: DecisionRecord) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.send(Msg::Record(Box::new(decision), Some(tx))) {
+            let _ = rx.await;
+        }
+    }
+
+    /// Asks the writer to reopen the file (after an external logrotate moved it).
+    pub fn reopen(&self) {
+        self.send(Msg::Reopen);
+    }
+
+    fn send(&self, msg: Msg) -> bool {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(queue) = queue else { return false };
+        match self.config.on_full {
+            // A worker thread waits here until the writer catches up: back-pressure, by choice.
+            OnFull::Block => queue.send(msg).is_ok(),
+            OnFull::Drop => match queue.try_send(msg) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.log_drop(dropped);
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            },
+        }
+    }
+
+    fn log_drop(&self, dropped: u64) {
+        let mut last = self.last_drop_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            warn!(
+                file = %self.config.file.display(),
+                dropped_total = dropped,
+                "audit queue full: records dropped (on_full = \"drop\")"
+            );
+        }
+    }
+
+    /// Records written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes everything queued, syncs and stops the thread.
+    pub fn close(&self) {
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Opens the audit file for appending; created owner- and group-readable only.
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Where the chain of an existing file stands, so a restart continues it.
+fn resume(path: &Path) -> Result<Head, String> {
+    let Ok(file) = File::open(path) else {
+        return Ok(Head::default());
+    };
+    let mut last = None;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if !line.trim().is_empty() {
+            last = Some(line);
+        }
+    }
+    match last {
+        None => Ok(Head::default()),
+        Some(line) => chain::head_of(&line).map_err(|e| {
+            format!("its last record is damaged ({e}); move the file aside (and verify it) to start a new chain")
+        }),
+    }
+}
+
+struct State {
+    config: AuditConfig,
+    file: File,
+    size: u64,
+    head: Head,
+    written: Arc<AtomicU64>,
+    /// Written but not yet synced.
+    dirty: bool,
+}
+
+impl State {
+    fn run(&mut self, rx: &Receiver<Msg>) {
+        let tick = self.config.fsync_interval;
+        loop {
+            match rx.recv_timeout(tick) {
+                Ok(Msg::Record(decision, ack)) => {
+                    self.write(&decision);
+                    if self.config.fsync == FsyncPolicy::EveryRecord {
+                        self.sync();
+                    }
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+                Ok(Msg::Reopen) => self.reopen("reopened on request"),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.config.fsync == FsyncPolicy::Interval {
+                        self.sync();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.sync();
+        info!(file = %self.config.file.display(), seq = self.head.seq, head = %self.head.hash, "audit trail closed");
+    }
+
+    fn write(&mut self, decision: &DecisionRecord) {
+        let json = serde_json::to_string(decision).unwrap_or_else(|_| "{}".into());
+        let line = chain::seal(&json, &mut self.head) + "\n";
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            error!(file = %self.config.file.display(), error = %e, "audit record not written");
+            return;
+        }
+        self.written.fetch_add(1, Ordering::Relaxed);
+        self.size += line.len() as u64;
+        self.dirty = true;
+        if self.config.rotate_bytes > 0 && self.size >= self.config.rotate_bytes {
+            self.rotate();
+        }
+    }
+
+    fn sync(&mut self) {
+        if self.dirty {
+            if let Err(e) = self.file.sync_data() {
+                error!(file = %self.config.file.display(), error = %e, "audit file sync failed");
+            }
+            self.dirty = false;
+        }
+    }
+
+    /// `file` → `file.1` → … → `file.<keep>`, the oldest removed; the chain continues in the new file.
+    fn rotate(&mut self) {
+        self.sync();
+        let path = &self.config.file;
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
+        let keep = self.config.keep.max(1);
+        let _ = std::fs::remove_file(numbered(keep));
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if let Err(e) = std::fs::rename(path, numbered(1)) {
+            error!(file = %path.display(), error = %e, "audit rotation failed; writing on");
+            return;
+        }
+        self.reopen("rotated");
+    }
+
+    fn reopen(&mut self, why: &'static str) {
+        self.sync();
+        match open(&self.config.file) {
+            Ok(file) => {
+                self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = file;
+                // The head goes to the normal log too: an outside witness of where the chain stood.
+                info!(
+                    file = %self.config.file.display(),
+                    seq = self.head.seq,
+                    head = %self.head.hash,
+                    why,
+                    "audit file rotated"
+                );
+            }
+            Err(e) => {
+                error!(file = %self.config.file.display(), error = %e, "audit file cannot be reopened; writing on to the old one");
+            }
+        }
+    }
+}

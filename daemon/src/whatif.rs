@@ -1,0 +1,1427 @@
+//! `mtlsd policy test` and `mtlsd policy explain`: what a config's policy decides, asked
+//! offline, with the daemon's own code.
+//!
+//! [`decide`] runs what an inbound connection meets: the listener's `allow`/`deny` list
+//! through [`Policy::authorize`], and on a `protocol = "http"` listener the request path
+//! through [`path::normalize`], the rules through [`rules::evaluate`] (and
+//! [`Rule::matches`] for every rule that matched) on the same [`RequestFacts`] the daemon
+//! builds. [`explain`] lists, per listener, who can reach what.
+//!
+//! Nothing here reads a key, a certificate, a JWKS or the network. What only a running
+//! daemon can know is assumed good and said so: the peer's certificate chain and
+//! revocation, and a token's signature and times (`--jwt` claims are read **unverified**,
+//! `--claims` are taken as given). What the config alone decides is checked as the daemon
+//! checks it: strict mode, accepted trust domains, trusted token issuers and audiences.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use hyper::HeaderMap;
+use hyper::header::{HeaderName, HeaderValue};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{
+    Config, HttpConfig, IdentitySource, InboundConfig, JwksSource, JwtIssuer, Mode,
+    OutboundConfig, Protocol, TokenSource,
+};
+use crate::http::path;
+use crate::http::rules::{
+    self, Action, Condition, Field, Operation, RequestAuth, RequestFacts, Rule, Source,
+};
+use crate::http::serve::XFCC;
+use crate::identity::SpiffeId;
+use crate::policy::{Decision, Peer, Principal, UNAUTHENTICATED};
+
+/// The request method when `--method` is not given.
+pub const DEFAULT_METHOD: &str = "GET";
+/// The request path when `--path` is not given.
+pub const DEFAULT_PATH: &str = "/";
+/// The client address when `--source-ip` is not given.
+pub const DEFAULT_SOURCE_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// What `mtlsd policy test` asks: one peer on one inbound listener and, for an HTTP
+/// listener, one request. Unset request fields take the `DEFAULT_*` values.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// The inbound listener's name.
+    pub listener: String,
+    /// The peer's SPIFFE ID, or `unauthenticated` for a plaintext peer.
+    pub peer: String,
+    /// The request method.
+    pub method: Option<String>,
+    /// The request path as sent (a query after `?` is ignored, as the rules ignore it).
+    pub path: Option<String>,
+    /// The request's authority; without it, a `host` header, else none.
+    pub host: Option<String>,
+    /// Request headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The client's address.
+    pub source_ip: Option<IpAddr>,
+    /// The request's token, if it carries one.
+    pub token: Option<TokenInput>,
+}
+
+impl Query {
+    /// Whether any request field was given (they only mean something on HTTP listeners).
+    fn has_request(&self) -> bool {
+        self.method.is_some()
+            || self.path.is_some()
+            || self.host.is_some()
+            || !self.headers.is_empty()
+            || self.source_ip.is_some()
+            || self.token.is_some()
+    }
+}
+
+/// Where the request's JWT claims come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenInput {
+    /// A compact JWT; its payload is decoded without verifying the signature.
+    Jwt(String),
+    /// The claims as JSON, taken as given.
+    Claims(String),
+}
+
+/// Why a question cannot be answered: a usage or config mistake, not a decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WhatIfError {
+    /// No listener of that name.
+    #[error("no listener {name:?} in the config; its listeners: {known}")]
+    UnknownListener {
+        /// The name asked for.
+        name: String,
+        /// The names the config has, comma-separated.
+        known: String,
+    },
+    /// `policy test` on an outbound listener.
+    #[error(
+        "{name:?} is an outbound listener: it admits every local client and only checks that \
+         the remote is {server_id}; policy test asks inbound listeners"
+    )]
+    Outbound {
+        /// The listener.
+        name: String,
+        /// The server ID it requires.
+        server_id: String,
+    },
+    /// `--peer` is neither a SPIFFE ID nor `unauthenticated`.
+    #[error("--peer {peer:?}: {cause}; give a SPIFFE ID (spiffe://td/path) or \"unauthenticated\"")]
+    Peer {
+        /// What was given.
+        peer: String,
+        /// Why it is no SPIFFE ID.
+        cause: String,
+    },
+    /// `--method` is not an HTTP method token.
+    #[error("--method {0:?} is not an HTTP method")]
+    Method(String),
+    /// `--claims` is not a JSON object.
+    #[error("--claims: {0}")]
+    Claims(String),
+    /// `--jwt` has no readable payload.
+    #[error("--jwt: {0}")]
+    Jwt(String),
+}
+
+/// Which check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The connection: handshake and the listener's `allow`/`deny` list.
+    Connection,
+    /// The request: path, token and the listener's HTTP rules.
+    Request,
+}
+
+impl Stage {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// One rule that matched the question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Matched {
+    /// Whether it is an `allow`/`deny` entry or an HTTP rule.
+    pub stage: Stage,
+    /// What it does.
+    pub action: Action,
+    /// The `allow`/`deny` entry as written, or the HTTP rule's name.
+    pub rule: String,
+}
+
+/// The request as the rules saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestSeen {
+    /// The method.
+    pub method: String,
+    /// The normalized path (the path as sent when it cannot be normalized).
+    pub path: String,
+    /// The path as given, query included.
+    pub path_as_sent: String,
+    /// The authority (empty: none).
+    pub host: String,
+    /// The client's address.
+    pub source_ip: IpAddr,
+}
+
+/// Where the claims the rules saw came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimsFrom {
+    /// `--claims`, as given.
+    Given,
+    /// `--jwt`, decoded without verifying the signature.
+    TokenUnverified,
+}
+
+/// The token as the rules saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthSeen {
+    /// `request.auth.principal`: `iss/sub`, or a JWT-SVID's `sub`.
+    pub principal: String,
+    /// The trusted issuer (`[[inbound.http.jwt]] issuer`) that would check the token.
+    pub issuer: String,
+    /// Where its claims came from.
+    pub claims_from: ClaimsFrom,
+    /// The claims.
+    pub claims: Value,
+}
+
+/// What the daemon would decide, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// The listener.
+    pub listener: String,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The peer asked about.
+    pub peer: String,
+    /// Whether the peer (and request) gets through, before any dry run.
+    pub allowed: bool,
+    /// The daemon's word for it, as in its logs and metrics: `allow`, `deny`, `no_match`,
+    /// `no_rules`, `unauthenticated`, `bad_request`, `no_client_cert`, `foreign_trust_domain`.
+    pub decision: &'static str,
+    /// The check that decided.
+    pub stage: Stage,
+    /// The rule that decided, if one did.
+    pub rule: Option<String>,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// Every rule that matched, connection first, then HTTP rules in evaluation order.
+    pub matched: Vec<Matched>,
+    /// The first matching audit rule (logged and counted, deciding nothing).
+    pub audit_rule: Option<String>,
+    /// The HTTP status of a refused request (403, 401 or 400); none for a refused connection.
+    pub status: Option<u16>,
+    /// The request, on an HTTP listener that admitted the peer.
+    pub request: Option<RequestSeen>,
+    /// The token, when the rules saw one.
+    pub auth: Option<AuthSeen>,
+    /// The listener's `dry_run`: request decisions are only logged.
+    pub dry_run: bool,
+    /// What else the author should know (assumptions, ignored inputs, dry run).
+    pub notes: Vec<String>,
+}
+
+impl Answer {
+    /// The process exit status for this answer: 0 allowed, 1 refused.
+    pub fn exit_code(&self) -> u8 {
+        if self.allowed { 0 } else { 1 }
+    }
+}
+
+/// The listener `name` and what kind it is.
+enum Listener<'c> {
+    Inbound(&'c InboundConfig),
+    Outbound(&'c OutboundConfig),
+}
+
+fn find_listener<'c>(config: &'c Config, name: &str) -> Result<Listener<'c>, WhatIfError> {
+    if let Some(l) = config.inbound.iter().find(|l| l.name == name) {
+        return Ok(Listener::Inbound(l));
+    }
+    if let Some(l) = config.outbound.iter().find(|l| l.name == name) {
+        return Ok(Listener::Outbound(l));
+    }
+    let known: Vec<&str> = config
+        .inbound
+        .iter()
+        .map(|l| l.name.as_str())
+        .chain(config.outbound.iter().map(|l| l.name.as_str()))
+        .collect();
+    Err(WhatIfError::UnknownListener {
+        name: name.to_owned(),
+        known: if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        },
+    })
+}
+
+/// The peer as given: a SPIFFE ID, or none.
+enum PeerArg {
+    Spiffe(SpiffeId),
+    Unauthenticated,
+}
+
+impl PeerArg {
+    fn as_peer(&self) -> Peer<'_> {
+        match self {
+            Self::Spiffe(id) => Peer::Spiffe(id),
+            Self::Unauthenticated => Peer::Unauthenticated,
+        }
+    }
+}
+
+/// The claims of the query's token, checked for shape only.
+fn read_claims(token: &TokenInput) -> Result<(Value, ClaimsFrom), WhatIfError> {
+    let (claims, from) = match token {
+        TokenInput::Claims(json) => (
+            serde_json::from_str::<Value>(json)
+                .map_err(|e| WhatIfError::Claims(format!("not JSON: {e}")))?,
+            ClaimsFrom::Given,
+        ),
+        // The daemon's first step too, before it picks the issuer whose keys must verify it.
+        TokenInput::Jwt(token) => (
+            jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token.trim())
+                .map_err(|e| WhatIfError::Jwt(format!("no readable payload: {e}")))?,
+            ClaimsFrom::TokenUnverified,
+        ),
+    };
+    if !claims.is_object() {
+        let e = "the claims must be a JSON object, e.g. {\"iss\": \"https://idp\", \"sub\": \"alice\"}";
+        return Err(match from {
+            ClaimsFrom::Given => WhatIfError::Claims(e.to_owned()),
+            ClaimsFrom::TokenUnverified => WhatIfError::Jwt(e.to_owned()),
+        });
+    }
+    Ok((claims, from))
+}
+
+/// Decides `query` against `config` as the daemon would; `Err` only for a question that
+/// cannot be asked (unknown listener, malformed peer, method, claims or token).
+pub fn decide(config: &Config, query: &Query) -> Result<Answer, WhatIfError> {
+    let listener = match find_listener(config, &query.listener)? {
+        Listener::Inbound(l) => l,
+        Listener::Outbound(l) => {
+            return Err(WhatIfError::Outbound {
+                name: l.name.clone(),
+                server_id: l.server_id.to_string(),
+            });
+        }
+    };
+    let peer = if query.peer == UNAUTHENTICATED {
+        PeerArg::Unauthenticated
+    } else {
+        PeerArg::Spiffe(query.peer.parse().map_err(|e: crate::identity::SpiffeIdError| {
+            WhatIfError::Peer {
+                peer: query.peer.clone(),
+                cause: e.to_string(),
+            }
+        })?)
+    };
+    let method = query.method.as_deref().unwrap_or(DEFAULT_METHOD);
+    if hyper::Method::from_bytes(method.as_bytes()).is_err() {
+        return Err(WhatIfError::Method(method.to_owned()));
+    }
+    let token = query.token.as_ref().map(read_claims).transpose()?;
+
+    let http = listener.http.as_ref();
+    let mut answer = Answer {
+        listener: listener.name.clone(),
+        protocol: listener.protocol,
+        peer: peer.as_peer().to_string(),
+        allowed: false,
+        decision: "no_match",
+        stage: Stage::Connection,
+        rule: None,
+        reason: String::new(),
+        matched: Vec::new(),
+        audit_rule: None,
+        status: None,
+        request: None,
+        auth: None,
+        dry_run: http.is_some_and(|h| h.dry_run),
+        notes: Vec::new(),
+    };
+    if !connection(config, listener, &peer, &mut answer) {
+        if answer.dry_run {
+            answer.notes.push(
+                "dry_run applies to requests only: the listener's allow/deny list is enforced"
+                    .to_owned(),
+            );
+        }
+        return Ok(answer);
+    }
+    let Some(http) = http else {
+        if query.has_request() {
+            answer.notes.push(
+                "protocol = \"tcp\": the peer's bytes are forwarded as they are, so the request \
+                 options played no part"
+                    .to_owned(),
+            );
+        }
+        return Ok(answer);
+    };
+    if matches!(peer, PeerArg::Unauthenticated) {
+        // inbound.rs serves HTTP only on TLS connections; a plaintext peer is spliced.
+        answer.notes.push(
+            "a plaintext peer admitted on a permissive listener is forwarded as bytes: the \
+             daemon applies no HTTP rules to it"
+                .to_owned(),
+        );
+        return Ok(answer);
+    }
+    request(http, &peer, method, query, token, &mut answer);
+    Ok(answer)
+}
+
+/// The connection stage; true when the peer is admitted (the answer then says allow).
+fn connection(config: &Config, listener: &InboundConfig, peer: &PeerArg, answer: &mut Answer) -> bool {
+    answer.stage = Stage::Connection;
+    match peer {
+        PeerArg::Unauthenticated if listener.mode == Mode::Strict => {
+            answer.decision = "no_client_cert";
+            answer.reason =
+                "a strict listener requires a client certificate: the handshake fails".to_owned();
+            return false;
+        }
+        PeerArg::Spiffe(id) => {
+            if let Some(reason) = foreign_trust_domain(config, id) {
+                answer.decision = "foreign_trust_domain";
+                answer.reason = reason;
+                return false;
+            }
+            if matches!(config.identity.source, IdentitySource::WorkloadApi { .. }) {
+                answer.notes.push(format!(
+                    "the trust domains accepted come from the Workload API: assumed that {} \
+                     is one",
+                    id.trust_domain()
+                ));
+            }
+        }
+        PeerArg::Unauthenticated => {}
+    }
+    let policy = &listener.policy;
+    let p = peer.as_peer();
+    for (action, list) in [(Action::Deny, &policy.deny), (Action::Allow, &policy.allow)] {
+        answer
+            .matched
+            .extend(list.iter().filter(|r| r.matches(p)).map(|r| Matched {
+                stage: Stage::Connection,
+                action,
+                rule: r.to_string(),
+            }));
+    }
+    match policy.authorize(p) {
+        Decision::Deny(rule) => {
+            answer.decision = "deny";
+            answer.rule = Some(rule.to_string());
+            answer.reason = format!("deny entry {rule} names this peer: the handshake is refused");
+            false
+        }
+        Decision::NoMatch => {
+            answer.decision = "no_match";
+            answer.reason =
+                "no allow entry names this peer (default deny): the handshake is refused".to_owned();
+            false
+        }
+        Decision::Allow(rule) => {
+            answer.allowed = true;
+            answer.decision = "allow";
+            answer.rule = Some(rule.to_string());
+            answer.reason = format!("allow entry {rule} admits this peer");
+            true
+        }
+    }
+}
+
+/// Why the handshake would refuse `id` for its trust domain, if it would; unknown (none)
+/// when the trust domains come from the Workload API.
+fn foreign_trust_domain(config: &Config, id: &SpiffeId) -> Option<String> {
+    if matches!(config.identity.source, IdentitySource::WorkloadApi { .. }) {
+        return None;
+    }
+    let td = id.trust_domain();
+    let ours = &config.identity.trust_domain;
+    if td == ours || config.identity.federated.iter().any(|f| f.trust_domain == td) {
+        return None;
+    }
+    let mut accepted = vec![ours.as_str()];
+    accepted.extend(config.identity.federated.iter().map(|f| f.trust_domain.as_str()));
+    Some(format!(
+        "trust domain {td} is not accepted here ({}): the handshake refuses the certificate",
+        accepted.join(", ")
+    ))
+}
+
+/// The request stage of an HTTP listener, in `http::serve`'s order.
+fn request(
+    http: &HttpConfig,
+    peer: &PeerArg,
+    method: &str,
+    query: &Query,
+    token: Option<(Value, ClaimsFrom)>,
+    answer: &mut Answer,
+) {
+    answer.stage = Stage::Request;
+    answer.rule = None;
+    let sent = query.path.as_deref().unwrap_or(DEFAULT_PATH);
+    let without_query = sent.split_once('?').map_or(sent, |(p, _)| p);
+    let mut headers = HeaderMap::new();
+    for (name, value) in &query.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    let host = query
+        .host
+        .clone()
+        .or_else(|| {
+            headers
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let source_ip = query.source_ip.unwrap_or(DEFAULT_SOURCE_IP);
+    let mut seen = RequestSeen {
+        method: method.to_owned(),
+        path: without_query.to_owned(),
+        path_as_sent: sent.to_owned(),
+        host,
+        source_ip,
+    };
+    let refuse = |answer: &mut Answer, decision, status, reason: String| {
+        answer.allowed = false;
+        answer.decision = decision;
+        answer.status = Some(status);
+        answer.reason = reason;
+        if answer.dry_run {
+            answer.notes.push(
+                "dry_run: the daemon would only log this decision and let the request through"
+                    .to_owned(),
+            );
+        }
+    };
+
+    // 1. The path, normalized once; the rules and the service see the same one.
+    match path::normalize(without_query) {
+        Ok(p) => seen.path = p,
+        Err(why) => {
+            answer.request = Some(seen);
+            refuse(answer, "bad_request", 400, format!("{why}: the daemon answers 400"));
+            return;
+        }
+    }
+    // 2. Identity headers a client may not set.
+    let spoofable: Vec<HeaderName> = std::iter::once(XFCC)
+        .chain(http.identity_headers().cloned())
+        .collect();
+    for name in &spoofable {
+        if headers.remove(name).is_some() {
+            answer.notes.push(format!(
+                "header {name} was removed before the rules ran: a client may not set it"
+            ));
+        }
+    }
+    // 3. (0-RTT) is a property of the connection, not of the question.
+    // 4. Request authentication: which trusted issuer would check the token.
+    let mut auth: Option<(RequestAuth, &JwtIssuer, ClaimsFrom)> = None;
+    if let Some((claims, from)) = token {
+        if http.jwt.is_empty() {
+            answer.notes.push(
+                "the listener trusts no JWT issuer: the daemon looks for no token, so the \
+                 claims played no part"
+                    .to_owned(),
+            );
+        } else {
+            let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
+            let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+            let Some(issuer) = http.jwt.iter().find(|i| issues(i, iss, sub)) else {
+                answer.request = Some(seen);
+                let why = match iss {
+                    "" => format!("the token names no issuer, and {sub:?} is no JWT-SVID trusted here"),
+                    _ => format!("issuer {iss:?} is not trusted here"),
+                };
+                refuse(answer, "unauthenticated", 401, format!("{why}: the daemon answers 401"));
+                return;
+            };
+            if let Some(why) = wrong_audience(issuer, &claims) {
+                answer.request = Some(seen);
+                refuse(answer, "unauthenticated", 401, format!("{why}: the daemon answers 401"));
+                return;
+            }
+            answer.notes.push(match from {
+                ClaimsFrom::TokenUnverified => "claims taken from the token unverified: the \
+                    daemon also checks its signature, exp, nbf and iat, and answers 401 if they fail"
+                    .to_owned(),
+                ClaimsFrom::Given => "claims taken as given: the daemon takes them only from a \
+                    token whose signature, exp, nbf and iat it has checked"
+                    .to_owned(),
+            });
+            if let (Some(TokenInput::Jwt(jwt)), Some(TokenSource::Header { name, prefix })) =
+                (&query.token, issuer.from.first())
+                && !headers.contains_key(name)
+                && let Ok(value) = HeaderValue::from_str(&format!("{prefix}{}", jwt.trim()))
+            {
+                // The rules see the request as sent, token header included.
+                headers.insert(name.clone(), value);
+            }
+            let principal = match claims.get("iss").and_then(Value::as_str) {
+                Some(iss) if !is_jwt_svid(issuer) => format!("{iss}/{sub}"),
+                _ => sub.to_owned(),
+            };
+            auth = Some((RequestAuth { principal, claims }, issuer, from));
+        }
+    }
+    // 5. Authorization rules.
+    let facts = RequestFacts {
+        peer: peer.as_peer(),
+        source_ip: seen.source_ip,
+        method,
+        path: &seen.path,
+        host: &seen.host,
+        headers: &headers,
+        auth: auth.as_ref().map(|(a, ..)| a),
+    };
+    let verdict = rules::evaluate(&http.rules, &facts);
+    answer.matched.extend(
+        in_evaluation_order(&http.rules)
+            .filter(|r| r.matches(&facts))
+            .map(|r| Matched {
+                stage: Stage::Request,
+                action: r.action,
+                rule: r.name.clone(),
+            }),
+    );
+    answer.audit_rule = verdict.audit.map(str::to_owned);
+    answer.rule = verdict.rule.map(str::to_owned);
+    answer.auth = auth.map(|(a, issuer, from)| AuthSeen {
+        principal: a.principal,
+        issuer: issuer.issuer.clone(),
+        claims_from: from,
+        claims: a.claims,
+    });
+    answer.request = Some(seen);
+    if verdict.allowed {
+        answer.allowed = true;
+        answer.decision = verdict.decision;
+        answer.reason = match verdict.rule {
+            Some(rule) => format!("allow rule {rule} matched and no deny rule did"),
+            None => "the listener has no allow rules and no deny rule matched".to_owned(),
+        };
+        return;
+    }
+    let why = match verdict.rule {
+        Some(rule) => format!("denied by rule {rule}"),
+        None => "no allow rule matched".to_owned(),
+    };
+    // serve.rs: a refused request without a token, where tokens are accepted, is a 401.
+    if answer.auth.is_none() && !http.jwt.is_empty() {
+        refuse(
+            answer,
+            verdict.decision,
+            401,
+            format!("{why}; the request carries no token: the daemon answers 401"),
+        );
+    } else {
+        refuse(answer, verdict.decision, 403, format!("{why}: the daemon answers 403"));
+    }
+}
+
+/// Whether a token claiming `iss` and `sub` is `issuer`'s to check: its `iss`, or for a
+/// JWT-SVID issuer a subject in its trust domain. The same test as `jwt::Issuer::issues`,
+/// made on the config because an `Authenticator` needs live key sets.
+fn issues(issuer: &JwtIssuer, iss: &str, sub: &str) -> bool {
+    match &issuer.jwks {
+        JwksSource::WorkloadApi { trust_domain, .. } => {
+            iss == issuer.issuer
+                || sub
+                    .strip_prefix("spiffe://")
+                    .and_then(|rest| rest.split_once('/'))
+                    .is_some_and(|(td, _)| td == trust_domain)
+        }
+        _ => iss == issuer.issuer,
+    }
+}
+
+/// Whether `issuer`'s tokens are JWT-SVIDs, whose principal is their `sub` alone.
+fn is_jwt_svid(issuer: &JwtIssuer) -> bool {
+    matches!(issuer.jwks, JwksSource::WorkloadApi { .. })
+}
+
+/// Why the daemon would refuse these claims for their audience, if it would: an `aud`
+/// given that names none of the issuer's `audiences`. A missing `aud` is left to the daemon.
+fn wrong_audience(issuer: &JwtIssuer, claims: &Value) -> Option<String> {
+    if issuer.audiences.is_empty() {
+        return None;
+    }
+    let aud: Vec<&str> = match claims.get("aud")? {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if aud.iter().any(|a| issuer.audiences.iter().any(|w| w == a)) {
+        return None;
+    }
+    Some(format!(
+        "the token is for another audience ({}; the listener accepts {})",
+        aud.join(", "),
+        issuer.audiences.join(", ")
+    ))
+}
+
+/// The rules in the order the daemon weighs them: deny, then allow, then audit.
+fn in_evaluation_order(rules: &[Rule]) -> impl Iterator<Item = &Rule> {
+    [Action::Deny, Action::Allow, Action::Audit]
+        .into_iter()
+        .flat_map(move |a| rules.iter().filter(move |r| r.action == a))
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let protocol = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        };
+        writeln!(f, "listener  {} ({protocol})", self.listener)?;
+        writeln!(f, "peer      {}", self.peer)?;
+        if let Some(r) = &self.request {
+            write!(f, "request   {} {}", r.method, r.path)?;
+            if !r.host.is_empty() {
+                write!(f, " host {}", r.host)?;
+            }
+            write!(f, " from {}", r.source_ip)?;
+            if r.path_as_sent != r.path {
+                write!(f, " (path sent as {})", r.path_as_sent)?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(a) = &self.auth {
+            let from = match a.claims_from {
+                ClaimsFrom::Given => "claims as given",
+                ClaimsFrom::TokenUnverified => "claims taken from the token unverified",
+            };
+            writeln!(f, "token     {} (issuer {}; {from})", a.principal, a.issuer)?;
+        }
+        writeln!(
+            f,
+            "decision  {} at the {} stage: {}",
+            self.decision,
+            self.stage.as_str(),
+            self.reason
+        )?;
+        if let Some(rule) = &self.rule {
+            writeln!(f, "rule      {rule}")?;
+        }
+        let mut label = "matched  ";
+        if self.matched.is_empty() {
+            writeln!(f, "{label} no rule")?;
+        }
+        for m in &self.matched {
+            let decided = self.rule.as_deref() == Some(m.rule.as_str())
+                && (m.stage == self.stage)
+                && m.action != Action::Audit;
+            writeln!(
+                f,
+                "{label} {:<10} {:<5} {}{}",
+                m.stage.as_str(),
+                m.action.as_str(),
+                m.rule,
+                if decided { "  (decided)" } else { "" }
+            )?;
+            label = "         ";
+        }
+        if let Some(audit) = &self.audit_rule {
+            writeln!(f, "audit     {audit} (logged and counted)")?;
+        }
+        if self.dry_run {
+            writeln!(f, "dry run   yes: request decisions are only logged")?;
+        }
+        for note in &self.notes {
+            writeln!(f, "note      {note}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What `mtlsd policy explain` shows: per listener, who can reach what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// The listeners, inbound first, in file order.
+    pub listeners: Vec<ListenerView>,
+}
+
+/// One listener's policy, readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerView {
+    /// Its name.
+    pub name: String,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// Its address.
+    pub listen: String,
+    /// `tcp` or `http` (inbound), none for outbound.
+    pub protocol: Option<Protocol>,
+    /// `strict` or `permissive` (inbound).
+    pub mode: Option<Mode>,
+    /// Who may connect, as written.
+    pub allow: Vec<String>,
+    /// Who may not, as written (beats `allow`).
+    pub deny: Vec<String>,
+    /// The trusted JWT issuers (HTTP), each with its audiences.
+    pub issuers: Vec<String>,
+    /// The HTTP rules in evaluation order: deny, allow, audit.
+    pub rules: Vec<RuleView>,
+    /// What happens to what no rule decides.
+    pub default: String,
+    /// Request decisions are only logged.
+    pub dry_run: bool,
+    /// Anything else that changes who gets through.
+    pub notes: Vec<String>,
+}
+
+/// One HTTP rule, readable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleView {
+    /// What it does.
+    pub action: Action,
+    /// Its name.
+    pub name: String,
+    /// Whom and what it matches, in words: `from … to … when …`.
+    pub matches: String,
+}
+
+impl fmt::Display for RuleView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<5} {}: {}", self.action.as_str(), self.name, self.matches)
+    }
+}
+
+/// Lists who can reach what on every listener, or on the one named.
+pub fn explain(config: &Config, listener: Option<&str>) -> Result<Explanation, WhatIfError> {
+    let listeners = match listener {
+        Some(name) => vec![match find_listener(config, name)? {
+            Listener::Inbound(l) => inbound_view(l),
+            Listener::Outbound(l) => outbound_view(l),
+        }],
+        None => config
+            .inbound
+            .iter()
+            .map(inbound_view)
+            .chain(config.outbound.iter().map(outbound_view))
+            .collect(),
+    };
+    Ok(Explanation { listeners })
+}
+
+fn inbound_view(l: &InboundConfig) -> ListenerView {
+    let strings = |v: &[Principal]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let mut view = ListenerView {
+        name: l.name.clone(),
+        direction: "inbound",
+        listen: l.listen.to_string(),
+        protocol: Some(l.protocol),
+        mode: Some(l.mode),
+        allow: strings(&l.policy.allow),
+        deny: strings(&l.policy.deny),
+        issuers: Vec::new(),
+        rules: Vec::new(),
+        default: "peers named by no allow entry are refused; deny entries beat allow entries"
+            .to_owned(),
+        dry_run: false,
+        notes: Vec::new(),
+    };
+    if l.mode == Mode::Permissive {
+        view.notes.push(if l.policy.mentions_unauthenticated() {
+            "permissive: a plaintext client is the peer \"unauthenticated\"".to_owned()
+        } else {
+            "permissive, but no entry names \"unauthenticated\": plaintext clients are refused"
+                .to_owned()
+        });
+    }
+    let Some(http) = &l.http else {
+        return view;
+    };
+    if l.mode == Mode::Permissive && l.policy.mentions_unauthenticated() {
+        view.notes.push(
+            "plaintext clients admitted as \"unauthenticated\" are forwarded as bytes, without \
+             the request rules"
+                .to_owned(),
+        );
+    }
+    view.dry_run = http.dry_run;
+    view.issuers = http
+        .jwt
+        .iter()
+        .map(|i| match i.audiences.as_slice() {
+            [] => format!("{} (any audience)", i.issuer),
+            a => format!("{} (audiences {})", i.issuer, a.join(", ")),
+        })
+        .collect();
+    view.rules = in_evaluation_order(&http.rules)
+        .map(|r| RuleView {
+            action: r.action,
+            name: r.name.clone(),
+            matches: describe_rule(r),
+        })
+        .collect();
+    view.default = if http.rules.iter().any(|r| r.action == Action::Allow) {
+        "requests matching no allow rule are refused".to_owned()
+    } else if http.rules.iter().any(|r| r.action == Action::Deny) {
+        "no allow rules: every admitted peer passes unless a deny rule matches".to_owned()
+    } else {
+        "no allow rules: every admitted peer passes".to_owned()
+    };
+    if !http.jwt.is_empty() {
+        view.notes.push(
+            "a request with a token that fails validation is refused (401) whatever the rules say"
+                .to_owned(),
+        );
+    }
+    if http.dry_run {
+        view.notes
+            .push("dry run: request decisions are only logged, nothing is refused".to_owned());
+    }
+    view
+}
+
+fn outbound_view(l: &OutboundConfig) -> ListenerView {
+    ListenerView {
+        name: l.name.clone(),
+        direction: "outbound",
+        listen: l.listen.to_string(),
+        protocol: None,
+        mode: None,
+        allow: Vec::new(),
+        deny: Vec::new(),
+        issuers: Vec::new(),
+        rules: Vec::new(),
+        default: format!(
+            "every local client that reaches {} is connected to {}, which must present {}",
+            l.listen, l.connect, l.server_id
+        ),
+        dry_run: false,
+        notes: Vec::new(),
+    }
+}
+
+/// A rule's `from`, `to` and `when` in words.
+fn describe_rule(rule: &Rule) -> String {
+    let mut parts = Vec::new();
+    if !rule.from.is_empty() {
+        parts.push(format!("from {}", entries(&rule.from, describe_source)));
+    }
+    if !rule.to.is_empty() {
+        parts.push(format!("to {}", entries(&rule.to, describe_operation)));
+    }
+    if !rule.when.is_empty() {
+        let conds: Vec<String> = rule.when.iter().map(describe_condition).collect();
+        parts.push(format!("when {}", conds.join(" and ")));
+    }
+    if parts.is_empty() {
+        "every request".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Entries of `from` or `to`: any one matches, so they are joined by "or".
+fn entries<T>(list: &[T], describe: fn(&T) -> String) -> String {
+    match list {
+        [one] => describe(one),
+        many => many
+            .iter()
+            .map(|e| format!("({})", describe(e)))
+            .collect::<Vec<_>>()
+            .join(" or "),
+    }
+}
+
+/// `principals a, b and not principals c`: fields of one entry, each of which must hold.
+fn fields(list: &mut Vec<String>, name: &str, field: &Field<impl fmt::Display>) {
+    let join = |v: &[_]| {
+        v.iter()
+            .map(|x: &_| format!("{x}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !field.any.is_empty() {
+        list.push(format!("{name} {}", join(&field.any)));
+    }
+    if !field.not.is_empty() {
+        list.push(format!("not {name} {}", join(&field.not)));
+    }
+}
+
+fn describe_source(s: &Source) -> String {
+    let mut list = Vec::new();
+    fields(&mut list, "principals", &s.principals);
+    fields(&mut list, "request principals", &s.request_principals);
+    fields(&mut list, "ip blocks", &s.ip_blocks);
+    if list.is_empty() {
+        "anyone".to_owned()
+    } else {
+        list.join(" and ")
+    }
+}
+
+fn describe_operation(o: &Operation) -> String {
+    let mut list = Vec::new();
+    fields(&mut list, "methods", &o.methods);
+    fields(&mut list, "paths", &o.paths);
+    fields(&mut list, "hosts", &o.hosts);
+    if list.is_empty() {
+        "anything".to_owned()
+    } else {
+        list.join(" and ")
+    }
+}
+
+fn describe_condition(c: &Condition) -> String {
+    let values = |v: &[String]| v.join(", ");
+    let mut said = Vec::new();
+    match c.values.any.as_slice() {
+        [] => {}
+        [one] => said.push(format!("is {one}")),
+        many => said.push(format!("is one of {}", values(many))),
+    }
+    match c.values.not.as_slice() {
+        [] => {}
+        [one] => said.push(format!("is not {one}")),
+        many => said.push(format!("is none of {}", values(many))),
+    }
+    if said.is_empty() {
+        said.push("is present".to_owned());
+    }
+    format!("{} {}", c.key, said.join(" and "))
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, l) in self.listeners.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{} {} ({}", l.direction, l.name, l.listen)?;
+            if let Some(p) = l.protocol {
+                write!(f, ", {}", if p == Protocol::Http { "http" } else { "tcp" })?;
+            }
+            if let Some(m) = l.mode {
+                write!(
+                    f,
+                    ", {}",
+                    if m == Mode::Strict { "strict" } else { "permissive" }
+                )?;
+            }
+            writeln!(f, ")")?;
+            if l.direction == "inbound" {
+                writeln!(f, "  peers     deny  {}", list_or_none(&l.deny))?;
+                writeln!(f, "            allow {}", list_or_none(&l.allow))?;
+            }
+            if !l.issuers.is_empty() {
+                writeln!(f, "  tokens    {}", l.issuers.join("; "))?;
+            }
+            let mut label = "  requests ";
+            for r in &l.rules {
+                writeln!(f, "{label} {r}")?;
+                label = "           ";
+            }
+            writeln!(f, "  default   {}", l.default)?;
+            for note in &l.notes {
+                writeln!(f, "  note      {note}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "(none)".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[identity]
+trust_domain = "example.org"
+cert = "/nonexistent/svid.pem"
+key = "/nonexistent/svid.key"
+bundle = "/nonexistent/bundle.pem"
+
+[[identity.federated]]
+trust_domain = "partner.org"
+bundle = "/nonexistent/partner.pem"
+
+[[inbound]]
+name = "web"
+listen = "127.0.0.1:15443"
+forward = "127.0.0.1:8080"
+allow = ["spiffe://example.org/ns/default/sa/frontend", "spiffe://example.org/ns/batch/*", "spiffe://other.org"]
+deny = ["spiffe://example.org/ns/batch/sa/untrusted"]
+
+[[inbound]]
+name = "api"
+listen = "127.0.0.1:8443"
+forward = "127.0.0.1:8080"
+allow = ["spiffe://example.org", "spiffe://partner.org"]
+protocol = "http"
+
+[[inbound.http.jwt]]
+issuer = "https://idp.example.org"
+audiences = ["urn:example:api"]
+jwks_uri = "https://idp.example.org/jwks.json"
+
+[[inbound.http.rules]]
+name = "watch-deletes"
+action = "audit"
+to = [{ methods = ["DELETE"] }]
+
+[[inbound.http.rules]]
+name = "readers"
+action = "allow"
+to = [{ methods = ["GET", "HEAD"], paths = ["/api/*", "*.json"], not_paths = ["/api/internal/*"] }]
+
+[[inbound.http.rules]]
+name = "no-admin-from-batch"
+action = "deny"
+from = [{ principals = ["spiffe://example.org/ns/batch/*"] }]
+to = [{ paths = ["/admin/*"] }]
+
+[[inbound.http.rules]]
+name = "admins"
+action = "allow"
+from = [{ request_principals = ["https://idp.example.org/*"] }]
+when = [{ key = "request.auth.claims[groups]", values = ["admins"] }]
+
+[[inbound]]
+name = "open"
+listen = "127.0.0.1:8444"
+forward = "127.0.0.1:8080"
+allow = ["spiffe://example.org", "unauthenticated"]
+mode = "permissive"
+protocol = "http"
+
+[inbound.http]
+dry_run = true
+
+[[inbound.http.rules]]
+name = "no-admin"
+action = "deny"
+to = [{ paths = ["/admin/*"] }]
+
+[[outbound]]
+name = "to-web"
+listen = "127.0.0.1:15001"
+connect = "10.0.0.5:15443"
+server_id = "spiffe://example.org/ns/default/sa/web"
+"#;
+
+    fn config() -> Config {
+        Config::parse(CONFIG, "test.toml").unwrap()
+    }
+
+    fn ask(listener: &str, peer: &str, f: impl FnOnce(&mut Query)) -> Answer {
+        let mut q = Query {
+            listener: listener.into(),
+            peer: peer.into(),
+            ..Query::default()
+        };
+        f(&mut q);
+        decide(&config(), &q).unwrap()
+    }
+
+    fn summary(a: &Answer) -> (bool, &'static str, Stage, Option<&str>) {
+        (a.allowed, a.decision, a.stage, a.rule.as_deref())
+    }
+
+    /// Unpadded base64url, for a hand-made token.
+    fn b64(s: &str) -> String {
+        const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in s.as_bytes().chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    const ADMIN_CLAIMS: &str = r#"{"iss": "https://idp.example.org", "sub": "alice", "aud": "urn:example:api", "groups": ["admins"]}"#;
+
+    #[test]
+    fn l4_listeners_decide_by_the_allow_and_deny_lists() {
+        let a = ask("web", "spiffe://example.org/ns/batch/sa/job", |_| {});
+        assert_eq!(
+            summary(&a),
+            (
+                true,
+                "allow",
+                Stage::Connection,
+                Some("spiffe://example.org/ns/batch/*")
+            )
+        );
+        assert_eq!(a.exit_code(), 0);
+        let a = ask("web", "spiffe://example.org/ns/batch/sa/untrusted", |_| {});
+        assert_eq!(
+            summary(&a),
+            (
+                false,
+                "deny",
+                Stage::Connection,
+                Some("spiffe://example.org/ns/batch/sa/untrusted")
+            )
+        );
+        assert_eq!(a.exit_code(), 1);
+        // Both entries matched; the deny one decided.
+        let actions: Vec<_> = a.matched.iter().map(|m| m.action).collect();
+        assert_eq!(actions, [Action::Deny, Action::Allow]);
+        let a = ask("web", "spiffe://example.org/ns/web/sa/api", |_| {});
+        assert_eq!(summary(&a), (false, "no_match", Stage::Connection, None));
+        assert!(a.matched.is_empty());
+    }
+
+    #[test]
+    fn the_handshake_refuses_what_the_config_alone_rules_out() {
+        // Allowed by the list, but not a trust domain this daemon has a bundle for.
+        let a = ask("web", "spiffe://other.org/x", |_| {});
+        assert_eq!(a.decision, "foreign_trust_domain");
+        assert!(!a.allowed);
+        assert!(a.reason.contains("partner.org"), "{}", a.reason);
+        // A federated one is accepted.
+        let a = ask("api", "spiffe://partner.org/x", |_| {});
+        assert_eq!(summary(&a), (true, "allow", Stage::Request, Some("readers")));
+        // No certificate on a strict listener.
+        let a = ask("web", "unauthenticated", |_| {});
+        assert_eq!(a.decision, "no_client_cert");
+    }
+
+    #[test]
+    fn request_options_on_a_tcp_listener_are_said_to_play_no_part() {
+        let a = ask("web", "spiffe://example.org/ns/default/sa/frontend", |q| {
+            q.path = Some("/admin".into());
+        });
+        assert!(a.allowed);
+        assert!(a.request.is_none());
+        assert!(a.notes.iter().any(|n| n.contains("played no part")));
+    }
+
+    #[test]
+    fn http_rules_decide_in_istio_order_and_list_every_match() {
+        let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
+            q.path = Some("/api/users".into());
+        });
+        assert_eq!(summary(&a), (true, "allow", Stage::Request, Some("readers")));
+        assert_eq!(a.status, None);
+
+        // A batch job reading /admin/x: the deny rule beats the admins rule that also matched.
+        let a = ask("api", "spiffe://example.org/ns/batch/sa/job", |q| {
+            q.method = Some("DELETE".into());
+            q.path = Some("/admin/x".into());
+            q.token = Some(TokenInput::Claims(ADMIN_CLAIMS.into()));
+        });
+        assert_eq!(
+            summary(&a),
+            (false, "deny", Stage::Request, Some("no-admin-from-batch"))
+        );
+        assert_eq!(a.status, Some(403));
+        let matched: Vec<_> = a
+            .matched
+            .iter()
+            .map(|m| (m.stage, m.action, m.rule.as_str()))
+            .collect();
+        assert_eq!(
+            matched,
+            [
+                (Stage::Connection, Action::Allow, "spiffe://example.org"),
+                (Stage::Request, Action::Deny, "no-admin-from-batch"),
+                (Stage::Request, Action::Allow, "admins"),
+                (Stage::Request, Action::Audit, "watch-deletes"),
+            ]
+        );
+        assert_eq!(a.audit_rule.as_deref(), Some("watch-deletes"));
+        assert_eq!(a.auth.as_ref().unwrap().principal, "https://idp.example.org/alice");
+
+        // No allow rule matches, and no token: the daemon answers 401.
+        let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
+            q.method = Some("POST".into());
+            q.path = Some("/api/users".into());
+        });
+        assert_eq!(summary(&a), (false, "no_match", Stage::Request, None));
+        assert_eq!(a.status, Some(401));
+    }
+
+    #[test]
+    fn the_path_is_normalized_as_the_daemon_does_and_a_bad_one_is_a_400() {
+        let a = ask("api", "spiffe://example.org/ns/batch/sa/job", |q| {
+            q.path = Some("//api/../admin/./x?q=1".into());
+        });
+        assert_eq!(a.rule.as_deref(), Some("no-admin-from-batch"));
+        let seen = a.request.unwrap();
+        assert_eq!(seen.path, "/admin/x");
+        assert_eq!(seen.path_as_sent, "//api/../admin/./x?q=1");
+
+        let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
+            q.path = Some("/api/..%2Fadmin".into());
+        });
+        assert_eq!((a.allowed, a.decision, a.status), (false, "bad_request", Some(400)));
+    }
+
+    #[test]
+    fn tokens_count_only_from_trusted_issuers_and_audiences() {
+        let with = |claims: &str| {
+            ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
+                q.path = Some("/admin".into());
+                q.token = Some(TokenInput::Claims(claims.into()));
+            })
+        };
+        assert_eq!(with(ADMIN_CLAIMS).rule.as_deref(), Some("admins"));
+        let a = with(r#"{"iss": "https://evil", "sub": "alice", "groups": ["admins"]}"#);
+        assert_eq!((a.decision, a.status), ("unauthenticated", Some(401)));
+        assert!(a.reason.contains("not trusted"), "{}", a.reason);
+        let a = with(
+            r#"{"iss": "https://idp.example.org", "sub": "alice", "aud": "other", "groups": ["admins"]}"#,
+        );
+        assert_eq!(a.decision, "unauthenticated");
+        assert!(a.reason.contains("audience"), "{}", a.reason);
+        // Not admins: refused with 403, the request carried a token.
+        let a = with(r#"{"iss": "https://idp.example.org", "sub": "bob", "groups": ["dev"]}"#);
+        assert_eq!((a.decision, a.status), ("no_match", Some(403)));
+    }
+
+    #[test]
+    fn a_jwt_is_read_without_verifying_its_signature() {
+        let token = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"RS256","kid":"k"}"#),
+            b64(ADMIN_CLAIMS),
+            b64("not a signature")
+        );
+        let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
+            q.path = Some("/admin".into());
+            q.token = Some(TokenInput::Jwt(token));
+        });
+        assert_eq!(summary(&a), (true, "allow", Stage::Request, Some("admins")));
+        assert_eq!(a.auth.unwrap().claims_from, ClaimsFrom::TokenUnverified);
+        assert!(a.notes.iter().any(|n| n.contains("unverified")));
+        assert!(a.to_string().contains("claims taken from the token unverified"));
+
+        let q = Query {
+            listener: "api".into(),
+            peer: "spiffe://example.org/a".into(),
+            token: Some(TokenInput::Jwt("not-a-jwt".into())),
+            ..Query::default()
+        };
+        assert!(matches!(decide(&config(), &q), Err(WhatIfError::Jwt(_))));
+    }
+
+    #[test]
+    fn dry_run_is_reported_and_plaintext_peers_skip_the_http_rules() {
+        let a = ask("open", "spiffe://example.org/x", |q| {
+            q.path = Some("/admin/x".into());
+        });
+        assert_eq!(summary(&a), (false, "deny", Stage::Request, Some("no-admin")));
+        assert!(a.dry_run);
+        assert!(a.notes.iter().any(|n| n.contains("only log")));
+        let a = ask("open", "unauthenticated", |q| {
+            q.path = Some("/admin/x".into());
+        });
+        assert_eq!(
+            summary(&a),
+            (true, "allow", Stage::Connection, Some("unauthenticated"))
+        );
+        assert!(a.notes.iter().any(|n| n.contains("no HTTP rules")));
+    }
+
+    #[test]
+    fn questions_that_cannot_be_asked_are_errors() {
+        let err = |q: Query| decide(&config(), &q).unwrap_err();
+        let base = Query {
+            listener: "web".into(),
+            peer: "spiffe://example.org/a".into(),
+            ..Query::default()
+        };
+        let e = err(Query {
+            listener: "nope".into(),
+            ..base.clone()
+        });
+        assert!(e.to_string().contains("web, api, open, to-web"), "{e}");
+        assert!(matches!(
+            err(Query {
+                listener: "to-web".into(),
+                ..base.clone()
+            }),
+            WhatIfError::Outbound { .. }
+        ));
+        assert!(matches!(
+            err(Query {
+                peer: "example.org/a".into(),
+                ..base.clone()
+            }),
+            WhatIfError::Peer { .. }
+        ));
+        assert!(matches!(
+            err(Query {
+                method: Some("GE T".into()),
+                ..base.clone()
+            }),
+            WhatIfError::Method(_)
+        ));
+        assert!(matches!(
+            err(Query {
+                token: Some(TokenInput::Claims("[1]".into())),
+                ..base
+            }),
+            WhatIfError::Claims(_)
+        ));
+    }
+
+    #[test]
+    fn explain_lists_rules_in_evaluation_order_with_the_default() {
+        let e = explain(&config(), Some("api")).unwrap();
+        let api = &e.listeners[0];
+        let lines: Vec<String> = api.rules.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "deny  no-admin-from-batch: from principals spiffe://example.org/ns/batch/* to paths /admin/*",
+                "allow readers: to methods GET, HEAD and paths /api/*, *.json and not paths /api/internal/*",
+                "allow admins: from request principals https://idp.example.org/* when request.auth.claims[groups] is admins",
+                "audit watch-deletes: to methods DELETE",
+            ]
+        );
+        assert_eq!(api.default, "requests matching no allow rule are refused");
+        let all = explain(&config(), None).unwrap();
+        let names: Vec<_> = all.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["web", "api", "open", "to-web"]);
+        let open = &all.listeners[2];
+        assert_eq!(
+            open.default,
+            "no allow rules: every admitted peer passes unless a deny rule matches"
+        );
+        let text = all.to_string();
+        assert!(
+            text.contains("  peers     deny  spiffe://example.org/ns/batch/sa/untrusted\n"),
+            "{text}"
+        );
+        assert!(text.contains("outbound to-web (127.0.0.1:15001)"), "{text}");
+        assert!(explain(&config(), Some("nope")).is_err());
+    }
+}
