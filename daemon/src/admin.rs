@@ -274,10 +274,28 @@ impl DecisionFilter {
 /// A Server-Sent Events response carrying every decision `filter` admits until the daemon
 /// stops or the reader falls behind.
 fn decision_stream(
-    mut rx: broadcast::Receiver<Arc<DecisionRecord>>,
+    rx: broadcast::Receiver<Arc<DecisionRecord>>,
     filter: DecisionFilter,
     stop: CancellationToken,
 ) -> Response<AdminBody> {
+    let body_rx = forward_decisions(rx, filter, stop);
+    let mut resp = Response::new(BodyExt::boxed(EventBody(body_rx)));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// Turns decisions into SSE events in a task of their own; the returned receiver closes when
+/// the daemon stops or the reader falls [`STREAM_BACKLOG`] events behind.
+fn forward_decisions(
+    mut rx: broadcast::Receiver<Arc<DecisionRecord>>,
+    filter: DecisionFilter,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Bytes> {
     let (tx, body_rx) = mpsc::channel::<Bytes>(STREAM_BACKLOG);
     tokio::spawn(async move {
         let mut heartbeat = tokio::time::interval(STREAM_HEARTBEAT);
@@ -320,14 +338,7 @@ fn decision_stream(
             }
         }
     });
-    let mut resp = Response::new(BodyExt::boxed(EventBody(body_rx)));
-    let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(
-        hyper::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    resp
+    body_rx
 }
 
 /// A `/decisions` body: the events the forwarding task sends, until it stops.
@@ -370,4 +381,53 @@ fn not_available() -> Response<Full<Bytes>> {
         StatusCode::NOT_IMPLEMENTED,
         "the log filter cannot be changed in this process\n".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deny(listener: &str) -> Arc<DecisionRecord> {
+        Arc::new(DecisionRecord {
+            outcome: "deny",
+            peer_id: Some("spiffe://ex/batch/1".into()),
+            ..DecisionRecord::new("refused", listener, "inbound")
+        })
+    }
+
+    #[test]
+    fn filters_select_by_listener_peer_prefix_and_outcome() {
+        let f =
+            DecisionFilter::from_query("listener=web&peer=spiffe%3A%2F%2Fex%2Fbatch&outcome=deny");
+        assert!(f.admits(&deny("web")));
+        assert!(!f.admits(&deny("api")));
+        let mut allowed = (*deny("web")).clone();
+        allowed.outcome = "allow";
+        assert!(!f.admits(&allowed));
+        assert!(DecisionFilter::default().admits(&allowed));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_is_cut_off_and_the_sender_never_waits() {
+        let (tx, rx) = broadcast::channel(STREAM_BACKLOG * 4);
+        let mut events = forward_decisions(rx, DecisionFilter::default(), CancellationToken::new());
+        // Nobody reads: far more events than the reader's buffer holds. Sending never waits.
+        for _ in 0..STREAM_BACKLOG * 3 {
+            tx.send(deny("web")).unwrap();
+        }
+        // The forwarding task gives the reader up once its buffer is full (bounded: it only
+        // needs to run, and each yield lets it).
+        for _ in 0..10_000 {
+            if events.is_closed() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(events.is_closed(), "the stalled reader is still attached");
+        let mut decisions = 0;
+        while let Ok(event) = events.try_recv() {
+            decisions += usize::from(event.starts_with(b"event: decision"));
+        }
+        assert!(decisions > 0 && decisions < STREAM_BACKLOG, "{decisions}");
+    }
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use hyper::header::{HeaderName, HeaderValue};
 
 use crate::config::parse_duration;
 
@@ -27,7 +28,8 @@ const GLOBAL: &str = "Global options (any subcommand)";
         trust bundle, authorizes its SPIFFE ID (default deny) and forwards plaintext to \
         a local service; local clients go the other way through loopback ports. \
         `mtlsd run --config /etc/mtlsd/mtlsd.toml` serves a config, `mtlsd check` \
-        validates one, `mtlsd ca` runs a small CA for a trust domain."
+        validates one, `mtlsd policy` asks what its policy decides, `mtlsd ca` runs a \
+        small CA for a trust domain."
 )]
 pub struct Cli {
     /// Log format on stderr.
@@ -70,12 +72,134 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask a config what its policy decides, offline: for policy authors and CI.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Operate a small certificate authority for a trust domain.
     #[command(subcommand)]
     Ca(CaCommand),
     /// Manage a session-ticket key file shared by several instances.
     #[command(subcommand)]
     TicketKeys(TicketKeysCommand),
+    /// Check the audit trail's hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Show decisions live, from a running daemon's admin endpoint.
+    Watch {
+        /// The daemon's admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// Only refusals and denied requests.
+        #[arg(long)]
+        deny_only: bool,
+        /// Only this listener.
+        #[arg(long)]
+        listener: Option<String>,
+    },
+}
+
+/// `mtlsd audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify audit files as one hash chain, oldest first (audit.jsonl.2 audit.jsonl.1 audit.jsonl); names the first broken record.
+    Verify {
+        /// The files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// `mtlsd policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print what the daemon would decide for one peer (and request); exit 0 allow, 1 deny.
+    #[command(
+        long_about = "Print what the daemon would decide for one peer (and request): \
+        the decision, the rule that decided and every rule that matched.\n\n\
+        The listener's allow/deny list decides the connection, as in the daemon; on a \
+        protocol = \"http\" listener the request then goes through the same path \
+        normalization and rules. Nothing is read but the config: a --jwt token's claims are \
+        taken from it unverified, --claims as given, the peer's certificate is assumed valid.\n\n\
+        Exit status: 0 allowed, 1 refused (also on a dry_run listener, which would only log \
+        the refusal), 2 for a usage or config error. CI checks, one allow and one deny:\n\n    \
+        mtlsd policy test -c mtlsd.toml --listener api --peer spiffe://example.org/ns/web \\\n        \
+        --path /api/users\n    \
+        mtlsd policy test -c mtlsd.toml --listener api --peer spiffe://example.org/ns/batch \\\n        \
+        --method POST --path /admin/users; test $? -eq 1"
+    )]
+    Test(PolicyTest),
+    /// List, per listener, who can reach what: allow/deny entries and HTTP rules in evaluation order.
+    Explain {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this listener (default: every listener).
+        #[arg(long)]
+        listener: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+/// `mtlsd policy test`'s question.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("token").args(["jwt", "claims"])))]
+pub struct PolicyTest {
+    /// The config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The inbound listener, by name.
+    #[arg(long)]
+    pub listener: String,
+    /// The peer's SPIFFE ID, or `unauthenticated` for a plaintext client (permissive listeners).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub peer: String,
+    /// The request method (HTTP listeners) [default: GET].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// The request path as sent, normalized as the daemon does; a query is ignored [default: /].
+    #[arg(long)]
+    pub path: Option<String>,
+    /// The request's authority (Host), with its port if the client sends one [default: none].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// A request header (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The client's IP address [default: 127.0.0.1].
+    #[arg(long, value_name = "ADDR")]
+    pub source_ip: Option<IpAddr>,
+    /// A JWT the request carries; its claims are read WITHOUT verifying the signature.
+    #[arg(long, value_name = "TOKEN")]
+    pub jwt: Option<String>,
+    /// The request's validated token claims as a JSON object (iss, sub, aud, groups, …).
+    #[arg(long, value_name = "JSON")]
+    pub claims: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// How `mtlsd policy` prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object, for pipelines.
+    Json,
+}
+
+/// `--header name=value`, checked as the daemon would receive it.
+fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: write a header as name=value"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{name:?} is not a header name"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("{value:?} is not a header value"))?;
+    Ok((name, value))
 }
 
 /// `mtlsd ticket-keys …`.
@@ -308,6 +432,54 @@ mod tests {
         assert_eq!(serial.as_deref(), Some("4a0bff"));
         let err = parse(&["ca", "revoke", "--dir", "d", "--serial", "4A:0G"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn policy_test_takes_repeated_headers_and_one_kind_of_token() {
+        let Command::Policy(PolicyCommand::Test(test)) = parse(&[
+            "policy",
+            "test",
+            "-c",
+            "c.toml",
+            "--listener",
+            "api",
+            "--peer",
+            "spiffe://ex/a",
+            "--header",
+            "X-Env=prod",
+            "--header",
+            "accept=a=b",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not policy test");
+        };
+        let headers: Vec<_> = test
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(headers, [("x-env", "prod"), ("accept", "a=b")]);
+        assert_eq!((test.method, test.output), (None, OutputFormat::Text));
+
+        let base = [
+            "policy",
+            "test",
+            "-c",
+            "c",
+            "--listener",
+            "l",
+            "--peer",
+            "p",
+        ];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let err = with(&["--header", "x-env"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("name=value"), "{err}");
+        let err = with(&["--jwt", "t", "--claims", "{}"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        assert!(with(&["--output", "json", "--source-ip", "10.0.0.1"]).is_ok());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The `mtlsd` command: run the daemon, check a config, or operate the built-in CA.
+//! The `mtlsd` command: run the daemon, check a config, ask what its policy decides, or
+//! operate the built-in CA.
 //!
 //! The command line itself is declared in [`mtlsd::cli`]; this file dispatches it.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,13 +12,17 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use mtlsd::admin::LogControl;
 use mtlsd::ca::{Authority, LeafSpec, Revoke};
-use mtlsd::cli::{CaCommand, Cli, Command, HsmRoot, LogFormat, TicketKeysCommand};
+use mtlsd::cli::{
+    AuditCommand, CaCommand, Cli, Command, HsmRoot, LogFormat, OutputFormat, PolicyCommand,
+    PolicyTest, TicketKeysCommand,
+};
 use mtlsd::config::Config;
 use mtlsd::demo;
 use mtlsd::identity::{SpiffeId, rfc3339};
 use mtlsd::runtime::check_identity;
 use mtlsd::supervisor::{ConfigSource, Supervisor};
 use mtlsd::tls::tickets;
+use mtlsd::whatif;
 use tracing::{error, info};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
@@ -34,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     match dispatch(cli.command, log) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
@@ -77,15 +83,55 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<Arc<LogFilter>> {
     Ok(Arc::new(LogFilter(handle)))
 }
 
-fn dispatch(command: Command, log: Arc<LogFilter>) -> Result<()> {
+fn dispatch(command: Command, log: Arc<LogFilter>) -> Result<ExitCode> {
     match command {
-        Command::Run { config, state_dir } => runtime()?.block_on(run(config, state_dir, log)),
-        Command::Check { config } => check(&config),
-        Command::Ca(ca) => run_ca(ca),
+        Command::Run { config, state_dir } => runtime()?.block_on(run(config, state_dir, log))?,
+        Command::Check { config } => check(&config)?,
+        Command::Ca(ca) => run_ca(ca)?,
+        // Its own exit statuses: 0 allow, 1 deny, 2 a question that cannot be answered.
+        Command::Policy(policy) => {
+            return Ok(match run_policy(policy) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::from(2)
+                }
+            });
+        }
         Command::TicketKeys(TicketKeysCommand::Rotate { file, keep }) => {
-            rotate_ticket_keys(&file, keep.into())
+            rotate_ticket_keys(&file, keep.into())?;
+        }
+        Command::Audit(AuditCommand::Verify { files }) => verify_audit(&files)?,
+        Command::Watch {
+            admin,
+            deny_only,
+            listener,
+        } => {
+            let options = mtlsd::audit::watch::WatchOptions {
+                deny_only,
+                listener,
+                colour: std::io::stdout().is_terminal(),
+            };
+            let mut out = std::io::stdout().lock();
+            runtime()?
+                .block_on(mtlsd::audit::watch::watch(admin, &options, &mut out))
+                .map_err(anyhow::Error::msg)?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mtlsd audit verify`: one line saying what was checked, or the first broken record.
+fn verify_audit(files: &[std::path::PathBuf]) -> Result<()> {
+    let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let verified = mtlsd::audit::chain::verify(&paths).context("the audit chain is broken")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ok: {} records, seq {} to {}, head {}",
+        verified.records, verified.first_seq, verified.head.seq, verified.head.hash
+    )?;
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -132,6 +178,53 @@ fn rotate_ticket_keys(file: &std::path::Path, keep: usize) -> Result<()> {
     let count = tickets::rotate_key_file(file, keep)?;
     info!(file = %file.display(), keys = count, "ticket keys rotated; instances pick them up within a second");
     Ok(())
+}
+
+/// `mtlsd policy test|explain`: the answer on stdout; the exit status for `test` (0 allow, 1 deny).
+fn run_policy(command: PolicyCommand) -> Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        PolicyCommand::Test(test) => {
+            let config = Config::load(&test.config)?;
+            let output = test.output;
+            let answer = whatif::decide(&config, &policy_query(test))?;
+            match output {
+                OutputFormat::Text => write!(out, "{answer}")?,
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string(&answer)?)?,
+            }
+            Ok(answer.exit_code())
+        }
+        PolicyCommand::Explain {
+            config,
+            listener,
+            output,
+        } => {
+            let config = Config::load(&config)?;
+            let explanation = whatif::explain(&config, listener.as_deref())?;
+            match output {
+                OutputFormat::Text => write!(out, "{explanation}")?,
+                OutputFormat::Json => writeln!(out, "{}", serde_json::to_string(&explanation)?)?,
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn policy_query(test: PolicyTest) -> whatif::Query {
+    whatif::Query {
+        listener: test.listener,
+        peer: test.peer,
+        method: test.method,
+        path: test.path,
+        host: test.host,
+        headers: test.headers,
+        source_ip: test.source_ip,
+        token: match (test.jwt, test.claims) {
+            (Some(jwt), _) => Some(whatif::TokenInput::Jwt(jwt)),
+            (None, Some(claims)) => Some(whatif::TokenInput::Claims(claims)),
+            (None, None) => None,
+        },
+    }
 }
 
 /// Opens the token and finds (or first creates) the CA root key.
@@ -259,7 +352,6 @@ struct ListedLeaf<'a> {
 
 /// Writes `ca list` output to stdout: a table, or JSON lines.
 fn print_issued(records: &[mtlsd::ca::IssuedRecord], json: bool) -> Result<()> {
-    use std::io::Write;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out = std::io::stdout().lock();
     if !json {

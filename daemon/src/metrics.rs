@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::audit::Decisions;
 use crate::identity::WorkloadApi;
 use crate::proxy::outcome::{HandshakeKind, RefuseReason};
 use crate::signing::DeviceKey;
@@ -150,6 +151,8 @@ pub struct Metrics {
     devices: Arc<DeviceCollector>,
     /// The Workload API stream, read at scrape time.
     workload: Arc<WorkloadCollector>,
+    /// The audit writer's counts, read at scrape time.
+    audit: Arc<AuditCollector>,
 }
 
 impl Metrics {
@@ -178,10 +181,12 @@ impl Metrics {
             exported_certs: Mutex::new(Vec::new()),
             devices: Arc::default(),
             workload: Arc::default(),
+            audit: Arc::default(),
             registry: Registry::default(),
         };
         registry.register_collector(Box::new(m.devices.clone()));
         registry.register_collector(Box::new(m.workload.clone()));
+        registry.register_collector(Box::new(m.audit.clone()));
         registry.register(
             "build",
             "mtlsd build information",
@@ -353,6 +358,11 @@ impl Metrics {
         *self.workload.0.write().unwrap_or_else(|e| e.into_inner()) = api.map(Arc::downgrade);
     }
 
+    /// Where the audit counts (`mtlsd_audit_records_total`, `mtlsd_audit_dropped_total`) come from.
+    pub fn set_decisions(&self, decisions: &Arc<Decisions>) {
+        *self.audit.0.write().unwrap_or_else(|e| e.into_inner()) = Some(decisions.clone());
+    }
+
     /// Replaces the device keys whose crypto counters are exported.
     pub fn set_device_keys(&self, keys: Vec<DeviceKey>) {
         *self.devices.0.write().unwrap_or_else(|e| e.into_inner()) = keys;
@@ -403,6 +413,35 @@ struct DeviceLabels {
 
 /// A metric name, its help, and how to read its value off a device key.
 type Series<T> = (&'static str, &'static str, fn(&DeviceKey) -> T);
+
+/// Exports the audit writer's written and dropped counts, read on every scrape.
+#[derive(Debug, Default)]
+struct AuditCollector(RwLock<Option<Arc<Decisions>>>);
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let decisions = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let Some(writer) = decisions.as_ref().and_then(|d| d.current_writer()) else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "audit_records",
+                "Records written to the audit file",
+                writer.written(),
+            ),
+            (
+                "audit_dropped",
+                "Audit records dropped because the queue was full (on_full = \"drop\")",
+                writer.dropped(),
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        Ok(())
+    }
+}
 
 /// Exports whether the Workload API stream is up (`mtlsd_workload_api_connected`), read on every scrape.
 #[derive(Debug, Default)]

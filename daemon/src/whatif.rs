@@ -2,10 +2,11 @@
 //! offline, with the daemon's own code.
 //!
 //! [`decide`] runs what an inbound connection meets: the listener's `allow`/`deny` list
-//! through [`Policy::authorize`], and on a `protocol = "http"` listener the request path
-//! through [`path::normalize`], the rules through [`rules::evaluate`] (and
-//! [`Rule::matches`] for every rule that matched) on the same [`RequestFacts`] the daemon
-//! builds. [`explain`] lists, per listener, who can reach what.
+//! through [`Policy::authorize`](crate::policy::Policy::authorize), and on a
+//! `protocol = "http"` listener the request path through [`path::normalize`], the rules
+//! through [`rules::evaluate`] (and [`Rule::matches`] for every rule that matched) on the
+//! same [`RequestFacts`] the daemon builds. [`explain`] lists, per listener, who can reach
+//! what.
 //!
 //! Nothing here reads a key, a certificate, a JWKS or the network. What only a running
 //! daemon can know is assumed good and said so: the peer's certificate chain and
@@ -22,8 +23,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{
-    Config, HttpConfig, IdentitySource, InboundConfig, JwksSource, JwtIssuer, Mode,
-    OutboundConfig, Protocol, TokenSource,
+    Config, HttpConfig, IdentitySource, InboundConfig, JwksSource, JwtIssuer, Mode, OutboundConfig,
+    Protocol, TokenSource,
 };
 use crate::http::path;
 use crate::http::rules::{
@@ -297,7 +298,8 @@ fn read_claims(token: &TokenInput) -> Result<(Value, ClaimsFrom), WhatIfError> {
         ),
     };
     if !claims.is_object() {
-        let e = "the claims must be a JSON object, e.g. {\"iss\": \"https://idp\", \"sub\": \"alice\"}";
+        let e =
+            "the claims must be a JSON object, e.g. {\"iss\": \"https://idp\", \"sub\": \"alice\"}";
         return Err(match from {
             ClaimsFrom::Given => WhatIfError::Claims(e.to_owned()),
             ClaimsFrom::TokenUnverified => WhatIfError::Jwt(e.to_owned()),
@@ -321,12 +323,15 @@ pub fn decide(config: &Config, query: &Query) -> Result<Answer, WhatIfError> {
     let peer = if query.peer == UNAUTHENTICATED {
         PeerArg::Unauthenticated
     } else {
-        PeerArg::Spiffe(query.peer.parse().map_err(|e: crate::identity::SpiffeIdError| {
-            WhatIfError::Peer {
-                peer: query.peer.clone(),
-                cause: e.to_string(),
-            }
-        })?)
+        PeerArg::Spiffe(
+            query
+                .peer
+                .parse()
+                .map_err(|e: crate::identity::SpiffeIdError| WhatIfError::Peer {
+                    peer: query.peer.clone(),
+                    cause: e.to_string(),
+                })?,
+        )
     };
     let method = query.method.as_deref().unwrap_or(DEFAULT_METHOD);
     if hyper::Method::from_bytes(method.as_bytes()).is_err() {
@@ -371,27 +376,23 @@ pub fn decide(config: &Config, query: &Query) -> Result<Answer, WhatIfError> {
         }
         return Ok(answer);
     };
-    if matches!(peer, PeerArg::Unauthenticated) {
-        // inbound.rs serves HTTP only on TLS connections; a plaintext peer is spliced.
-        answer.notes.push(
-            "a plaintext peer admitted on a permissive listener is forwarded as bytes: the \
-             daemon applies no HTTP rules to it"
-                .to_owned(),
-        );
-        return Ok(answer);
-    }
     request(http, &peer, method, query, token, &mut answer);
     Ok(answer)
 }
 
 /// The connection stage; true when the peer is admitted (the answer then says allow).
-fn connection(config: &Config, listener: &InboundConfig, peer: &PeerArg, answer: &mut Answer) -> bool {
+fn connection(
+    config: &Config,
+    listener: &InboundConfig,
+    peer: &PeerArg,
+    answer: &mut Answer,
+) -> bool {
     answer.stage = Stage::Connection;
     match peer {
         PeerArg::Unauthenticated if listener.mode == Mode::Strict => {
             answer.decision = "no_client_cert";
             answer.reason =
-                "a strict listener requires a client certificate: the handshake fails".to_owned();
+                "a strict listener requires a client certificate; the handshake fails".to_owned();
             return false;
         }
         PeerArg::Spiffe(id) => {
@@ -425,13 +426,14 @@ fn connection(config: &Config, listener: &InboundConfig, peer: &PeerArg, answer:
         Decision::Deny(rule) => {
             answer.decision = "deny";
             answer.rule = Some(rule.to_string());
-            answer.reason = format!("deny entry {rule} names this peer: the handshake is refused");
+            answer.reason = format!("deny entry {rule} names this peer; the handshake is refused");
             false
         }
         Decision::NoMatch => {
             answer.decision = "no_match";
             answer.reason =
-                "no allow entry names this peer (default deny): the handshake is refused".to_owned();
+                "no allow entry names this peer (default deny); the handshake is refused"
+                    .to_owned();
             false
         }
         Decision::Allow(rule) => {
@@ -452,13 +454,25 @@ fn foreign_trust_domain(config: &Config, id: &SpiffeId) -> Option<String> {
     }
     let td = id.trust_domain();
     let ours = &config.identity.trust_domain;
-    if td == ours || config.identity.federated.iter().any(|f| f.trust_domain == td) {
+    if td == ours
+        || config
+            .identity
+            .federated
+            .iter()
+            .any(|f| f.trust_domain == td)
+    {
         return None;
     }
     let mut accepted = vec![ours.as_str()];
-    accepted.extend(config.identity.federated.iter().map(|f| f.trust_domain.as_str()));
+    accepted.extend(
+        config
+            .identity
+            .federated
+            .iter()
+            .map(|f| f.trust_domain.as_str()),
+    );
     Some(format!(
-        "trust domain {td} is not accepted here ({}): the handshake refuses the certificate",
+        "trust domain {td} is not accepted here (only {}); the handshake refuses the certificate",
         accepted.join(", ")
     ))
 }
@@ -516,7 +530,12 @@ fn request(
         Ok(p) => seen.path = p,
         Err(why) => {
             answer.request = Some(seen);
-            refuse(answer, "bad_request", 400, format!("{why}: the daemon answers 400"));
+            refuse(
+                answer,
+                "bad_request",
+                400,
+                format!("{why}; the daemon answers 400"),
+            );
             return;
         }
     }
@@ -534,6 +553,14 @@ fn request(
     // 3. (0-RTT) is a property of the connection, not of the question.
     // 4. Request authentication: which trusted issuer would check the token.
     let mut auth: Option<(RequestAuth, &JwtIssuer, ClaimsFrom)> = None;
+    if token.is_none()
+        && let Some(place) = token_place_given(http, &headers, sent)
+    {
+        answer.notes.push(format!(
+            "{place} is where the daemon looks for a token, but only --jwt or --claims give \
+             the rules a token here: this request was judged as carrying none"
+        ));
+    }
     if let Some((claims, from)) = token {
         if http.jwt.is_empty() {
             answer.notes.push(
@@ -547,16 +574,34 @@ fn request(
             let Some(issuer) = http.jwt.iter().find(|i| issues(i, iss, sub)) else {
                 answer.request = Some(seen);
                 let why = match iss {
-                    "" => format!("the token names no issuer, and {sub:?} is no JWT-SVID trusted here"),
+                    "" => format!(
+                        "the token names no issuer, and {sub:?} is no JWT-SVID trusted here"
+                    ),
                     _ => format!("issuer {iss:?} is not trusted here"),
                 };
-                refuse(answer, "unauthenticated", 401, format!("{why}: the daemon answers 401"));
+                refuse(
+                    answer,
+                    "unauthenticated",
+                    401,
+                    format!("{why}; the daemon answers 401"),
+                );
                 return;
             };
             if let Some(why) = wrong_audience(issuer, &claims) {
                 answer.request = Some(seen);
-                refuse(answer, "unauthenticated", 401, format!("{why}: the daemon answers 401"));
+                refuse(
+                    answer,
+                    "unauthenticated",
+                    401,
+                    format!("{why}; the daemon answers 401"),
+                );
                 return;
+            }
+            if !issuer.audiences.is_empty() && claims.get("aud").is_none() {
+                answer.notes.push(format!(
+                    "the claims carry no aud: the daemon refuses (401) a token for none of {}",
+                    issuer.audiences.join(", ")
+                ));
             }
             answer.notes.push(match from {
                 ClaimsFrom::TokenUnverified => "claims taken from the token unverified: the \
@@ -629,11 +674,38 @@ fn request(
             answer,
             verdict.decision,
             401,
-            format!("{why}; the request carries no token: the daemon answers 401"),
+            format!("{why} and the request carries no token; the daemon answers 401"),
         );
     } else {
-        refuse(answer, verdict.decision, 403, format!("{why}: the daemon answers 403"));
+        refuse(
+            answer,
+            verdict.decision,
+            403,
+            format!("{why}; the daemon answers 403"),
+        );
     }
+}
+
+/// The header or query parameter of the request where a trusted issuer takes tokens
+/// from, if the question gave one.
+fn token_place_given(http: &HttpConfig, headers: &HeaderMap, path: &str) -> Option<String> {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    http.jwt
+        .iter()
+        .flat_map(|i| &i.from)
+        .find_map(|source| match source {
+            TokenSource::Header { name, .. } if headers.contains_key(name) => {
+                Some(format!("header {name}"))
+            }
+            TokenSource::Param { name }
+                if query
+                    .split('&')
+                    .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == name) =>
+            {
+                Some(format!("query parameter {name}"))
+            }
+            _ => None,
+        })
 }
 
 /// Whether a token claiming `iss` and `sub` is `issuer`'s to check: its `iss`, or for a
@@ -801,7 +873,13 @@ pub struct RuleView {
 
 impl fmt::Display for RuleView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:<5} {}: {}", self.action.as_str(), self.name, self.matches)
+        write!(
+            f,
+            "{:<5} {}: {}",
+            self.action.as_str(),
+            self.name,
+            self.matches
+        )
     }
 }
 
@@ -850,13 +928,6 @@ fn inbound_view(l: &InboundConfig) -> ListenerView {
     let Some(http) = &l.http else {
         return view;
     };
-    if l.mode == Mode::Permissive && l.policy.mentions_unauthenticated() {
-        view.notes.push(
-            "plaintext clients admitted as \"unauthenticated\" are forwarded as bytes, without \
-             the request rules"
-                .to_owned(),
-        );
-    }
     view.dry_run = http.dry_run;
     view.issuers = http
         .jwt
@@ -1018,7 +1089,11 @@ impl fmt::Display for Explanation {
                 write!(
                     f,
                     ", {}",
-                    if m == Mode::Strict { "strict" } else { "permissive" }
+                    if m == Mode::Strict {
+                        "strict"
+                    } else {
+                        "permissive"
+                    }
                 )?;
             }
             writeln!(f, ")")?;
@@ -1034,7 +1109,12 @@ impl fmt::Display for Explanation {
                 writeln!(f, "{label} {r}")?;
                 label = "           ";
             }
-            writeln!(f, "  default   {}", l.default)?;
+            let label = if l.direction == "inbound" {
+                "default"
+            } else {
+                "clients"
+            };
+            writeln!(f, "  {label:<9} {}", l.default)?;
             for note in &l.notes {
                 writeln!(f, "  note      {note}")?;
             }
@@ -1111,8 +1191,7 @@ when = [{ key = "request.auth.claims[groups]", values = ["admins"] }]
 name = "open"
 listen = "127.0.0.1:8444"
 forward = "127.0.0.1:8080"
-allow = ["spiffe://example.org", "unauthenticated"]
-mode = "permissive"
+allow = ["spiffe://example.org"]
 protocol = "http"
 
 [inbound.http]
@@ -1206,8 +1285,13 @@ server_id = "spiffe://example.org/ns/default/sa/web"
         assert!(!a.allowed);
         assert!(a.reason.contains("partner.org"), "{}", a.reason);
         // A federated one is accepted.
-        let a = ask("api", "spiffe://partner.org/x", |_| {});
-        assert_eq!(summary(&a), (true, "allow", Stage::Request, Some("readers")));
+        let a = ask("api", "spiffe://partner.org/x", |q| {
+            q.path = Some("/api/x".into())
+        });
+        assert_eq!(
+            summary(&a),
+            (true, "allow", Stage::Request, Some("readers"))
+        );
         // No certificate on a strict listener.
         let a = ask("web", "unauthenticated", |_| {});
         assert_eq!(a.decision, "no_client_cert");
@@ -1228,7 +1312,10 @@ server_id = "spiffe://example.org/ns/default/sa/web"
         let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
             q.path = Some("/api/users".into());
         });
-        assert_eq!(summary(&a), (true, "allow", Stage::Request, Some("readers")));
+        assert_eq!(
+            summary(&a),
+            (true, "allow", Stage::Request, Some("readers"))
+        );
         assert_eq!(a.status, None);
 
         // A batch job reading /admin/x: the deny rule beats the admins rule that also matched.
@@ -1257,7 +1344,10 @@ server_id = "spiffe://example.org/ns/default/sa/web"
             ]
         );
         assert_eq!(a.audit_rule.as_deref(), Some("watch-deletes"));
-        assert_eq!(a.auth.as_ref().unwrap().principal, "https://idp.example.org/alice");
+        assert_eq!(
+            a.auth.as_ref().unwrap().principal,
+            "https://idp.example.org/alice"
+        );
 
         // No allow rule matches, and no token: the daemon answers 401.
         let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
@@ -1281,7 +1371,10 @@ server_id = "spiffe://example.org/ns/default/sa/web"
         let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
             q.path = Some("/api/..%2Fadmin".into());
         });
-        assert_eq!((a.allowed, a.decision, a.status), (false, "bad_request", Some(400)));
+        assert_eq!(
+            (a.allowed, a.decision, a.status),
+            (false, "bad_request", Some(400))
+        );
     }
 
     #[test]
@@ -1319,9 +1412,15 @@ server_id = "spiffe://example.org/ns/default/sa/web"
             q.token = Some(TokenInput::Jwt(token));
         });
         assert_eq!(summary(&a), (true, "allow", Stage::Request, Some("admins")));
-        assert_eq!(a.auth.unwrap().claims_from, ClaimsFrom::TokenUnverified);
+        assert_eq!(
+            a.auth.as_ref().unwrap().claims_from,
+            ClaimsFrom::TokenUnverified
+        );
         assert!(a.notes.iter().any(|n| n.contains("unverified")));
-        assert!(a.to_string().contains("claims taken from the token unverified"));
+        assert!(
+            a.to_string()
+                .contains("claims taken from the token unverified")
+        );
 
         let q = Query {
             listener: "api".into(),
@@ -1333,21 +1432,71 @@ server_id = "spiffe://example.org/ns/default/sa/web"
     }
 
     #[test]
-    fn dry_run_is_reported_and_plaintext_peers_skip_the_http_rules() {
-        let a = ask("open", "spiffe://example.org/x", |q| {
-            q.path = Some("/admin/x".into());
+    fn host_and_source_address_reach_the_rules() {
+        let text = CONFIG.replace(
+            "name = \"admins\"\naction = \"allow\"",
+            "name = \"office\"\naction = \"allow\"\nfrom = [{ ip_blocks = [\"10.0.0.0/8\"] }]\n\
+             to = [{ hosts = [\"ops.example\"] }]\n\n[[inbound.http.rules]]\n\
+             name = \"admins\"\naction = \"allow\"",
+        );
+        let config = Config::parse(&text, "test.toml").unwrap();
+        let ask = |host: Option<&str>, ip: Option<[u8; 4]>| {
+            let q = Query {
+                listener: "api".into(),
+                peer: "spiffe://example.org/a".into(),
+                host: host.map(Into::into),
+                source_ip: ip.map(IpAddr::from),
+                ..Query::default()
+            };
+            decide(&config, &q).unwrap()
+        };
+        let a = ask(Some("OPS.example:8443"), Some([10, 1, 2, 3]));
+        assert_eq!(a.rule.as_deref(), Some("office"));
+        assert_eq!(a.request.unwrap().host, "OPS.example:8443");
+        assert_eq!(ask(Some("ops.example"), None).decision, "no_match");
+        assert_eq!(ask(None, Some([10, 1, 2, 3])).decision, "no_match");
+    }
+
+    #[test]
+    fn a_token_header_without_jwt_is_pointed_out_and_a_jwt_reaches_header_conditions() {
+        let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
+            q.path = Some("/admin".into());
+            q.headers = vec![(
+                hyper::header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer x.y.z"),
+            )];
         });
-        assert_eq!(summary(&a), (false, "deny", Stage::Request, Some("no-admin")));
-        assert!(a.dry_run);
-        assert!(a.notes.iter().any(|n| n.contains("only log")));
-        let a = ask("open", "unauthenticated", |q| {
+        assert_eq!((a.decision, a.status), ("no_match", Some(401)));
+        assert!(
+            a.notes.iter().any(|n| n.contains("header authorization")),
+            "{:?}",
+            a.notes
+        );
+        // A spoofed identity header is removed before the rules, and said so.
+        let a = ask("api", "spiffe://example.org/ns/web/sa/a", |q| {
+            q.headers = vec![(
+                XFCC,
+                HeaderValue::from_static("By=x;URI=spiffe://example.org/admin"),
+            )];
+        });
+        assert!(
+            a.notes
+                .iter()
+                .any(|n| n.contains("x-forwarded-client-cert"))
+        );
+    }
+
+    #[test]
+    fn dry_run_is_reported() {
+        let a = ask("open", "spiffe://example.org/x", |q| {
             q.path = Some("/admin/x".into());
         });
         assert_eq!(
             summary(&a),
-            (true, "allow", Stage::Connection, Some("unauthenticated"))
+            (false, "deny", Stage::Request, Some("no-admin"))
         );
-        assert!(a.notes.iter().any(|n| n.contains("no HTTP rules")));
+        assert!(a.dry_run);
+        assert!(a.notes.iter().any(|n| n.contains("only log")));
     }
 
     #[test]

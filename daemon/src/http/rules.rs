@@ -102,13 +102,18 @@ impl StringMatch {
         }
     }
 
-    /// Case-insensitive [`matches`](Self::matches), for methods and hosts.
+    /// Case-insensitive [`matches`](Self::matches), for methods and hosts; allocates nothing.
     fn matches_ignore_case(&self, value: &str) -> bool {
-        let lower = value.to_ascii_lowercase();
+        let value = value.as_bytes();
         match self {
-            Self::Exact(v) => lower == v.to_ascii_lowercase(),
-            Self::Prefix(p) => lower.starts_with(&p.to_ascii_lowercase()),
-            Self::Suffix(s) => lower.ends_with(&s.to_ascii_lowercase()),
+            Self::Exact(v) => value.eq_ignore_ascii_case(v.as_bytes()),
+            Self::Prefix(p) => value
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+            Self::Suffix(s) => value
+                .len()
+                .checked_sub(s.len())
+                .is_some_and(|at| value[at..].eq_ignore_ascii_case(s.as_bytes())),
             Self::Any => true,
         }
     }
@@ -327,8 +332,46 @@ impl fmt::Display for ConditionKey {
 pub struct Condition {
     /// What is looked at.
     pub key: ConditionKey,
-    /// Patterns (CIDR blocks for `source.ip`, SPIFFE patterns for `source.principal`).
+    /// Patterns as written (CIDR blocks for `source.ip`, SPIFFE patterns for `source.principal`).
     pub values: Field<String>,
+    /// The same patterns, parsed once for the key's kind.
+    patterns: Patterns,
+}
+
+/// A condition's patterns, parsed when the config is loaded rather than per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Patterns {
+    Strings(Field<StringMatch>),
+    Ips(Field<IpBlock>),
+    Principals(Field<Principal>),
+}
+
+impl Condition {
+    /// A condition on `key`; fails on the first pattern that is not valid for that key.
+    pub fn new(key: ConditionKey, values: Field<String>) -> Result<Self, String> {
+        fn parse<T>(
+            values: &Field<String>,
+            f: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<Field<T>, String> {
+            let list = |v: &[String]| v.iter().map(|s| f(s)).collect::<Result<Vec<_>, _>>();
+            Ok(Field {
+                any: list(&values.any)?,
+                not: list(&values.not)?,
+            })
+        }
+        let patterns = match key {
+            ConditionKey::SourceIp => Patterns::Ips(parse(&values, |s| s.parse())?),
+            ConditionKey::SourcePrincipal => Patterns::Principals(parse(&values, |s| {
+                s.parse::<Principal>().map_err(|e| e.to_string())
+            })?),
+            _ => Patterns::Strings(parse(&values, StringMatch::parse)?),
+        };
+        Ok(Self {
+            key,
+            values,
+            patterns,
+        })
+    }
 }
 
 impl Serialize for Condition {
@@ -477,63 +520,50 @@ impl Operation {
 
 impl Condition {
     fn matches(&self, req: &RequestFacts<'_>) -> bool {
-        let values = self.values_of(req);
-        let one = |pattern: &String| match &self.key {
-            ConditionKey::SourceIp => pattern
-                .parse::<IpBlock>()
-                .is_ok_and(|b| b.contains(req.source_ip)),
-            ConditionKey::SourcePrincipal => pattern
-                .parse::<Principal>()
-                .is_ok_and(|p| p.matches(req.peer)),
-            _ => StringMatch::parse(pattern).is_ok_and(|m| values.iter().any(|v| m.matches(v))),
-        };
-        // A key with no value (no token, no such header) matches nothing, not even `not_values`.
-        let present = !values.is_empty()
-            || matches!(
-                self.key,
-                ConditionKey::SourceIp | ConditionKey::SourcePrincipal
-            );
-        present && self.values.check(one)
+        match &self.patterns {
+            Patterns::Ips(field) => field.check(|b| b.contains(req.source_ip)),
+            Patterns::Principals(field) => field.check(|p| p.matches(req.peer)),
+            // A key with no value (no token, no such header) matches nothing, not even `not_values`.
+            Patterns::Strings(field) => {
+                self.any_value(req, &mut |_| true)
+                    && field.check(|m| self.any_value(req, &mut |v| m.matches(v)))
+            }
+        }
     }
 
-    /// The request's values for this key: a string claim or header is one value, an array
-    /// claim one per element.
-    fn values_of(&self, req: &RequestFacts<'_>) -> Vec<String> {
+    /// Whether any of the request's values for this key satisfies `f`: a string claim or header
+    /// is one value, an array claim one per element; nothing is copied.
+    fn any_value(&self, req: &RequestFacts<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
         match &self.key {
             ConditionKey::Claim(path) => req
                 .auth
                 .and_then(|a| path.iter().try_fold(&a.claims, |v, name| v.get(name)))
-                .map(claim_strings)
-                .unwrap_or_default(),
+                .is_some_and(|v| any_claim(v, f)),
             ConditionKey::Header(name) => req
                 .headers
                 .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_owned))
-                .collect(),
-            ConditionKey::RequestPrincipal => req
-                .auth
-                .map(|a| vec![a.principal.clone()])
-                .unwrap_or_default(),
+                .filter_map(|v| v.to_str().ok())
+                .any(f),
+            ConditionKey::RequestPrincipal => req.auth.is_some_and(|a| f(&a.principal)),
             ConditionKey::Audiences => req
                 .auth
                 .and_then(|a| a.claims.get("aud"))
-                .map(claim_strings)
-                .unwrap_or_default(),
-            ConditionKey::SourceIp | ConditionKey::SourcePrincipal => Vec::new(),
+                .is_some_and(|v| any_claim(v, f)),
+            ConditionKey::SourceIp | ConditionKey::SourcePrincipal => false,
         }
     }
 }
 
-/// A claim as strings: a string as itself, an array element by element, numbers and
-/// booleans in their JSON form; objects and null match nothing.
-fn claim_strings(v: &Value) -> Vec<String> {
+/// Whether a claim satisfies `f`: a string as itself, an array element by element, numbers
+/// and booleans in their JSON form; objects and null match nothing.
+fn any_claim(v: &Value, f: &mut dyn FnMut(&str) -> bool) -> bool {
     match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items.iter().flat_map(claim_strings).collect(),
-        Value::Number(n) => vec![n.to_string()],
-        Value::Bool(b) => vec![b.to_string()],
-        Value::Null | Value::Object(_) => Vec::new(),
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().any(|i| any_claim(i, f)),
+        Value::Number(n) => f(&n.to_string()),
+        Value::Bool(b) => f(if *b { "true" } else { "false" }),
+        Value::Null | Value::Object(_) => false,
     }
 }
 
@@ -558,6 +588,15 @@ mod tests {
 
     fn sm(v: &[&str]) -> Vec<StringMatch> {
         v.iter().map(|s| StringMatch::parse(s).unwrap()).collect()
+    }
+
+    fn condition(key: &str, any: &[&str], not: &[&str]) -> Condition {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        let values = Field {
+            any: strings(any),
+            not: strings(not),
+        };
+        Condition::new(key.parse().unwrap(), values).unwrap()
     }
 
     fn rule(name: &str, action: Action) -> Rule {
@@ -726,27 +765,9 @@ mod tests {
             ..Source::default()
         }];
         r.when = vec![
-            Condition {
-                key: "request.auth.claims[groups]".parse().unwrap(),
-                values: Field {
-                    any: vec!["admins".into()],
-                    not: Vec::new(),
-                },
-            },
-            Condition {
-                key: "request.auth.claims[org][team]".parse().unwrap(),
-                values: Field {
-                    any: vec!["pay*".into()],
-                    not: Vec::new(),
-                },
-            },
-            Condition {
-                key: "request.headers[x-env]".parse().unwrap(),
-                values: Field {
-                    any: Vec::new(),
-                    not: vec!["prod".into()],
-                },
-            },
+            condition("request.auth.claims[groups]", &["admins"], &[]),
+            condition("request.auth.claims[org][team]", &["pay*"], &[]),
+            condition("request.headers[x-env]", &[], &["prod"]),
         ];
         let rules = vec![r];
         let mut req = Req::new("spiffe://ex/a", "GET", "/");

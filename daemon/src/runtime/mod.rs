@@ -173,6 +173,7 @@ impl Daemon {
         };
         daemon.apply(config, tls, backend).await?;
         daemon.metrics.set_workload(daemon.workload.as_ref());
+        daemon.metrics.set_decisions(&daemon.drain.decisions);
         let backend = backend_name;
         for name in daemon.activated.keys() {
             let listeners: Vec<_> = daemon.running.iter().map(Running::name).collect();

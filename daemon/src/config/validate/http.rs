@@ -50,6 +50,18 @@ impl Validator<'_> {
             }
             (Protocol::Tcp, None) => Some((protocol, None)),
             (Protocol::Http, http) => {
+                if raw
+                    .mode
+                    .as_ref()
+                    .is_some_and(|m| m.get_ref() == "permissive")
+                {
+                    self.report(
+                        raw.mode.as_ref().unwrap_or(&raw.name),
+                        &format!("{key}.mode"),
+                        "an HTTP listener decides every request on the peer's verified identity: \
+                         it takes mTLS only (mode = \"strict\")",
+                    );
+                }
                 if raw.proxy_protocol {
                     self.report(
                         &raw.name,
@@ -479,10 +491,8 @@ impl Validator<'_> {
             }
         };
         let values = self.field((&raw.values, &raw.not_values), key, "values", check)?;
-        Some(Condition {
-            key: cond_key,
-            values,
-        })
+        // Every pattern passed `check` above, which parses them as `Condition::new` does.
+        Condition::new(cond_key, values).ok()
     }
 }
 
