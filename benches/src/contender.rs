@@ -147,12 +147,18 @@ enum Process {
     Peer { child: Child, dir: PathBuf },
 }
 
+/// A started server process (mtlsd or a peer) and every process it started: measured through
+/// `/proc` and stopped when dropped.
+pub struct Server {
+    root: u32,
+    process: Process,
+}
+
 /// A started contender, listening on loopback.
 pub struct Running {
     pub echo: SocketAddr,
     pub bulk: SocketAddr,
-    root: u32,
-    process: Process,
+    server: Server,
 }
 
 /// A loopback port nobody listens on right now.
@@ -168,61 +174,32 @@ impl Running {
         if spec.kind == Kind::Mtlsd {
             return Ok(Self::start_mtlsd(setup));
         }
-        // Configs and logs live in the PKI's temporary directory, one fresh directory per start.
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, Ordering::Relaxed);
-        let dir = setup.pki.dir.path().join(format!("{}-{n}", spec.name));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let (echo, bulk) = (free_port(), free_port());
-        let program = find_program(spec.program().unwrap())
-            .ok_or_else(|| format!("{} is not installed", spec.name))?;
-        let mut command = match setup.cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string()]).arg(&program);
-                c
-            }
-            None => Command::new(&program),
-        };
-        let d = dir.as_path();
-        match spec.kind {
-            Kind::Haproxy => {
-                let cfg = haproxy_config(setup, d, echo, bulk)?;
-                command.args(["-db", "-f"]).arg(cfg);
-            }
-            Kind::Nginx => {
-                let cfg = nginx_config(setup, d, echo, bulk)?;
-                command
-                    .arg("-c")
-                    .arg(cfg)
-                    .arg("-p")
-                    .arg(d)
-                    .arg("-e")
-                    .arg(d.join("error.log"));
-            }
-            Kind::Stunnel => {
-                command.arg(stunnel_config(setup, d, echo, bulk)?);
-            }
-            Kind::Mtlsd => unreachable!(),
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(
-                std::fs::File::create(d.join("stdout.log")).map_err(|e| e.to_string())?,
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(d.join("stderr.log")).map_err(|e| e.to_string())?,
-            ))
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", program.display()))?;
-        let mut running = Self {
-            echo,
-            bulk,
-            root: child.id(),
-            process: Process::Peer { child, dir },
-        };
-        running.wait_listening(&spec.name)?;
-        Ok(running)
+        let server =
+            Server::spawn_peer(spec, setup.pki, setup.cpu, &[echo, bulk], |d, command| {
+                match spec.kind {
+                    Kind::Haproxy => {
+                        let cfg = haproxy_config(setup, d, echo, bulk)?;
+                        command.args(["-db", "-f"]).arg(cfg);
+                    }
+                    Kind::Nginx => {
+                        let cfg = nginx_config(setup, d, echo, bulk)?;
+                        command
+                            .arg("-c")
+                            .arg(cfg)
+                            .arg("-p")
+                            .arg(d)
+                            .arg("-e")
+                            .arg(d.join("error.log"));
+                    }
+                    Kind::Stunnel => {
+                        command.arg(stunnel_config(setup, d, echo, bulk)?);
+                    }
+                    Kind::Mtlsd => unreachable!(),
+                }
+                Ok(())
+            })?;
+        Ok(Self { echo, bulk, server })
     }
 
     fn start_mtlsd(setup: &Setup<'_>) -> Self {
@@ -243,15 +220,84 @@ impl Running {
         Self {
             echo: daemon.addr("echo"),
             bulk: daemon.addr("bulk"),
+            server: Server::mtlsd(daemon),
+        }
+    }
+
+    /// User + system CPU seconds of every process of the contender.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.server.cpu_seconds()
+    }
+
+    /// Resident memory of every process of the contender, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.server.rss_kib()
+    }
+
+    /// Stops the contender and every process it started.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Server {
+    /// A started mtlsd (killed when the server is dropped).
+    fn mtlsd(daemon: Daemon) -> Self {
+        Self {
             root: daemon.pid(),
             process: Process::Mtlsd(daemon),
         }
     }
 
-    /// Polls (bounded: 20 s) until both listeners accept a TCP connection.
-    fn wait_listening(&mut self, name: &str) -> Result<(), String> {
+    /// Starts the peer `spec` (pinned to `cpu`) with the arguments and config files `configure`
+    /// adds, in a fresh directory of its own, and waits (bounded) until every address of
+    /// `listening` accepts a TCP connection.
+    fn spawn_peer(
+        spec: &Spec,
+        pki: &Pki,
+        cpu: Option<usize>,
+        listening: &[SocketAddr],
+        configure: impl FnOnce(&Path, &mut Command) -> Result<(), String>,
+    ) -> Result<Self, String> {
+        // Configs and logs live in the PKI's temporary directory, one fresh directory per start.
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed);
+        let dir = pki.dir.path().join(format!("{}-{n}", spec.name));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let program = find_program(spec.program().ok_or("mtlsd is not a peer")?)
+            .ok_or_else(|| format!("{} is not installed", spec.name))?;
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        configure(&dir, &mut command)?;
+        let d = dir.as_path();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::create(d.join("stdout.log")).map_err(|e| e.to_string())?,
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join("stderr.log")).map_err(|e| e.to_string())?,
+            ))
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", program.display()))?;
+        let mut server = Self {
+            root: child.id(),
+            process: Process::Peer { child, dir },
+        };
+        server.wait_listening(&spec.name, listening)?;
+        Ok(server)
+    }
+
+    /// Polls (bounded: 20 s) until every address of `addrs` accepts a TCP connection.
+    fn wait_listening(&mut self, name: &str, addrs: &[SocketAddr]) -> Result<(), String> {
         let deadline = Instant::now() + mtlsd_e2e::WAIT;
-        for addr in [self.echo, self.bulk] {
+        for &addr in addrs {
             loop {
                 if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
                     break;
@@ -288,20 +334,16 @@ impl Running {
     pub fn rss_kib(&self) -> u64 {
         self.pids().iter().filter_map(|p| rss_kib(*p)).sum()
     }
-
-    /// Stops the contender and every process it started.
-    pub fn stop(self) {
-        drop(self);
-    }
 }
 
-impl Drop for Running {
+impl Drop for Server {
     fn drop(&mut self) {
         if let Process::Peer { child, .. } = &mut self.process {
             let pids = process_tree(self.root);
             // TERM first so nginx's master takes its worker down with it.
             let _ = Command::new("kill")
                 .args(["-TERM", &self.root.to_string()])
+                .stderr(Stdio::null())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
@@ -311,11 +353,110 @@ impl Drop for Running {
                 if Path::new(&format!("/proc/{pid}")).exists() {
                     let _ = Command::new("kill")
                         .args(["-KILL", &pid.to_string()])
+                        .stderr(Stdio::null())
                         .status();
                 }
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// What every HTTP contender gets: the same server identity, upstream, token issuer and key.
+pub struct HttpSetup<'a> {
+    pub pki: &'a Pki,
+    pub server: &'a CertFiles,
+    /// The keep-alive HTTP/1.1 service every allowed request is proxied to.
+    pub upstream: SocketAddr,
+    /// Core to pin the server to.
+    pub cpu: Option<usize>,
+    /// The `iss` of the trusted tokens and the audience they must name.
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    /// The issuer's key: as a JWKS file (mtlsd) and as a PEM public key (HAProxy's `jwt_verify`).
+    pub jwks: &'a Path,
+    pub public_pem: &'a Path,
+    /// The tokens' JWS algorithm (`ES256`, `RS256`, ...).
+    pub alg: &'a str,
+    /// One log line per request: mtlsd's default access line, HAProxy's `option httplog`.
+    pub access_log: bool,
+}
+
+/// A started HTTP contender. Both listeners refuse `/admin/*` (403) after normalizing the path,
+/// strip identity headers a client may not set and tell the service the peer's certificate
+/// hash in `X-Forwarded-Client-Cert`; `jwt` also demands a valid bearer token (401 without
+/// one), checks its signature, `iss`, `aud` and `exp`, and passes `iss`/`sub` on instead.
+pub struct HttpRunning {
+    pub plain: SocketAddr,
+    pub jwt: SocketAddr,
+    pub server: Server,
+}
+
+impl HttpRunning {
+    /// Starts `spec` (mtlsd or HAProxy) and waits (bounded) until both listeners accept.
+    pub fn start(spec: &Spec, setup: &HttpSetup<'_>) -> Result<Self, String> {
+        match spec.kind {
+            Kind::Mtlsd => Ok(Self::start_mtlsd(setup)),
+            Kind::Haproxy => {
+                let (plain, jwt) = (free_port(), free_port());
+                let server =
+                    Server::spawn_peer(spec, setup.pki, setup.cpu, &[plain, jwt], |d, command| {
+                        let cfg = haproxy_http_config(setup, d, plain, jwt)?;
+                        command.args(["-db", "-f"]).arg(cfg);
+                        Ok(())
+                    })?;
+                Ok(Self { plain, jwt, server })
+            }
+            _ => Err(format!(
+                "{}: the HTTP workload compares mtlsd and haproxy only",
+                spec.name
+            )),
+        }
+    }
+
+    fn start_mtlsd(s: &HttpSetup<'_>) -> Self {
+        let deny_admin = "[[inbound.http.rules]]\nname = \"no-admin\"\naction = \"deny\"\n\
+                          to = [{ paths = [\"/admin/*\"] }]\n";
+        let plain = format!("protocol = \"http\"\n{deny_admin}");
+        let jwt = format!(
+            "protocol = \"http\"\n[[inbound.http.jwt]]\nissuer = \"{iss}\"\naudiences = [\"{aud}\"]\n\
+             jwks = \"{jwks}\"\n{deny_admin}[[inbound.http.rules]]\nname = \"token-holders\"\n\
+             action = \"allow\"\nfrom = [{{ request_principals = [\"{iss}/*\"] }}]\n",
+            iss = s.issuer,
+            aud = s.audience,
+            jwks = display(s.jwks),
+        );
+        let config = identity_toml(s.pki, s.server)
+            + &s.pki.inbound("plain", s.upstream, &plain)
+            + &s.pki.inbound("jwt", s.upstream, &jwt);
+        let file = mtlsd_e2e::write_config(&config);
+        let path = file.path().to_str().expect("a UTF-8 temp path").to_owned();
+        // The access line is on by default; HAProxy logs nothing unless told to.
+        let filter = if s.access_log {
+            "info"
+        } else {
+            "info,mtlsd::access=off"
+        };
+        let mut command = Command::new(mtlsd_e2e::mtlsd_bin());
+        command.args([
+            "--log-format",
+            "json",
+            "--log",
+            filter,
+            "run",
+            "--config",
+            &path,
+        ]);
+        let daemon = Daemon::spawn_command(command, file);
+        daemon.wait_for_log("ready", |l| l["message"] == "ready");
+        if let Some(cpu) = s.cpu {
+            pin(daemon.pid(), cpu);
+        }
+        Self {
+            plain: daemon.addr("plain"),
+            jwt: daemon.addr("jwt"),
+            server: Server::mtlsd(daemon),
         }
     }
 }
@@ -440,6 +581,82 @@ fn haproxy_config(
         up1 = s.echo,
         b2 = bind(bulk),
         up2 = s.sink,
+    );
+    write(dir.join("haproxy.cfg"), &text)
+}
+
+/// HAProxy 2.6 `mode http`: one thread, TLS 1.3 only, client certificate required and verified,
+/// ALPN h2 and http/1.1, keep-alive on both sides. What mtlsd does per request, in HAProxy's
+/// words: path normalization, the `/admin/` ACL, identity headers, and on `jwt` the documented
+/// `jwt_verify` recipe (alg, iss, aud, exp, nbf with mtlsd's 60 s skew, then the signature).
+fn haproxy_http_config(
+    s: &HttpSetup<'_>,
+    dir: &Path,
+    plain: SocketAddr,
+    jwt: SocketAddr,
+) -> Result<PathBuf, String> {
+    let chain = std::fs::read_to_string(&s.server.cert).map_err(|e| e.to_string())?;
+    let key = std::fs::read_to_string(&s.server.key).map_err(|e| e.to_string())?;
+    let pem = write(dir.join("server.pem"), &(chain + &key))?;
+    let bind = |addr: SocketAddr| {
+        format!(
+            "bind {addr} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3 alpn h2,http/1.1",
+            display(&pem),
+            display(&s.pki.bundle())
+        )
+    };
+    // mtlsd normalizes every path before its rules see it, and removes the identity headers.
+    let common = "http-request normalize-uri path-merge-slashes\n  \
+                  http-request normalize-uri path-strip-dot\n  \
+                  http-request normalize-uri path-strip-dotdot full\n  \
+                  http-request normalize-uri percent-decode-unreserved\n  \
+                  http-request normalize-uri percent-to-uppercase\n  \
+                  http-request del-header x-forwarded-client-cert\n  \
+                  http-request del-header x-jwt-issuer\n  \
+                  http-request del-header x-jwt-subject";
+    let xfcc = "http-request set-header x-forwarded-client-cert \
+                \"By=haproxy;Hash=%[ssl_c_der,sha2(256),hex,lower]\"";
+    let deny_admin = "http-request deny deny_status 403 if { path_beg /admin/ }";
+    let token = format!(
+        "http-request set-var(txn.bearer) http_auth_bearer\n  \
+         http-request deny deny_status 401 unless {{ var(txn.bearer) -m found }}\n  \
+         http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')\n  \
+         http-request set-var(txn.now) date\n  \
+         http-request deny deny_status 401 unless {{ var(txn.alg) -m str {alg} }}\n  \
+         http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.iss') -m str {iss} }}\n  \
+         http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.aud') -m str {aud} }}\n  \
+         http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.exp','int') -m found }}\n  \
+         http-request deny deny_status 401 if {{ var(txn.bearer),jwt_payload_query('$.exp','int'),sub(txn.now) -m int lt -60 }}\n  \
+         http-request deny deny_status 401 if {{ var(txn.bearer),jwt_payload_query('$.nbf','int'),sub(txn.now) -m int gt 60 }}\n  \
+         http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,\"{key}\") -m int 1 }}\n  \
+         {deny_admin}\n  \
+         http-request set-header x-jwt-issuer %[var(txn.bearer),jwt_payload_query('$.iss')]\n  \
+         http-request set-header x-jwt-subject %[var(txn.bearer),jwt_payload_query('$.sub')]\n  \
+         http-request del-header authorization",
+        alg = s.alg,
+        iss = s.issuer,
+        aud = s.audience,
+        key = display(s.public_pem),
+    );
+    let (global_log, defaults_log) = if s.access_log {
+        (
+            "  log stdout format raw local0\n",
+            "  log global\n  option httplog\n",
+        )
+    } else {
+        ("", "")
+    };
+    let text = format!(
+        "global\n  nbthread 1\n  maxconn 1000\n  \
+         # normalize-uri is experimental in 2.6\n  expose-experimental-directives\n{global_log}\n\
+         defaults\n  mode http\n{defaults_log}  timeout connect 5s\n  timeout client 60s\n  \
+         timeout server 60s\n  timeout http-keep-alive 60s\n  http-reuse always\n\n\
+         backend up\n  server up {up}\n\n\
+         frontend plain\n  {b1}\n  {common}\n  {deny_admin}\n  {xfcc}\n  default_backend up\n\n\
+         frontend jwt\n  {b2}\n  {common}\n  {token}\n  {xfcc}\n  default_backend up\n",
+        up = s.upstream,
+        b1 = bind(plain),
+        b2 = bind(jwt),
     );
     write(dir.join("haproxy.cfg"), &text)
 }

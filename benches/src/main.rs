@@ -13,8 +13,12 @@
 mod chart;
 mod contender;
 mod flood;
+mod http;
 mod rtt;
 mod soak;
+// The RS256 half is for the criterion `authz` benchmark.
+#[allow(dead_code)]
+mod tokens;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -114,6 +118,9 @@ enum Sub {
     Soak(soak::Command),
     /// Good handshakes while clients trickle their ClientHello (starts its own mtlsd).
     Flood(flood::Args),
+    /// Server CPU and latency per HTTP request: mtlsd's protocol = "http" listeners against
+    /// HAProxy mode http, HTTP/1.1 and h2, with and without a JWT (starts both).
+    Http(http::Args),
 }
 
 impl Args {
@@ -214,6 +221,7 @@ async fn main() {
         let result = match command {
             Sub::Soak(command) => soak::run(command).await,
             Sub::Flood(args) => flood::run(args).await,
+            Sub::Http(args) => http::run(args).await,
         };
         if let Err(e) = result {
             eprintln!("mtlsd-bench: {e}");

@@ -1,4 +1,5 @@
-//! The load harness runs end to end and reports well-formed numbers (no value is asserted).
+//! The load harness runs end to end and reports well-formed numbers (no figure is asserted;
+//! the HTTP workload's statuses and refusals are).
 //!
 //! The comparison runs against mtlsd and every peer installed (HAProxy, nginx with the stream
 //! module, stunnel); with `CI` set, scripts/test has installed them and a missing one fails.
@@ -102,6 +103,54 @@ fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
     );
     assert!(table.contains("| mtlsd-x25519 |"), "{table}");
     std::fs::remove_dir_all(&charts).unwrap();
+}
+
+/// `mtlsd-bench http` against mtlsd and HAProxy `mode http` (HAProxy when installed; with `CI`
+/// set, required): for each case (HTTP/1.1 and h2, with and without a JWT) every proxied request
+/// got 200 and reached the upstream, and both refused the same requests the same way.
+#[test]
+fn mtlsd_bench_http_smoke_gets_200s_and_the_same_refusals_from_mtlsd_and_haproxy() {
+    let out =
+        run_ok(Command::new(env!("CARGO_BIN_EXE_mtlsd-bench")).args(["http", "--smoke", "--json"]));
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    let contenders = report["contenders"].as_array().expect("contenders");
+    let names: Vec<&str> = contenders
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names.first(), Some(&"mtlsd"), "{names:?}");
+    if std::env::var_os("CI").is_some() {
+        assert_eq!(names, ["mtlsd", "haproxy"]);
+    }
+    let settings = &report["settings"];
+    let sent = settings["connections"].as_f64().unwrap()
+        * settings["requests_per_connection"].as_f64().unwrap();
+    assert!(sent >= 100.0, "{settings}");
+    for c in contenders {
+        for case in ["h1", "h1-jwt", "h2", "h2-jwt"] {
+            let k = &c["cases"][case];
+            let m = &k["median"];
+            assert_eq!(m["responses_200"].as_f64(), Some(sent), "{case} in {c}");
+            assert_eq!(m["upstream_requests"].as_f64(), Some(sent), "{case} in {c}");
+            for figure in [
+                "server_cpu_us_per_request",
+                "latency_p50_us",
+                "latency_p99_us",
+                "added_latency_p99_us",
+            ] {
+                assert!(m[figure].is_number(), "{figure} of {case} in {c}");
+            }
+            let refusals = &k["refusals"];
+            assert_eq!(refusals["admin"], 403, "{case} in {c}");
+            assert_eq!(refusals["admin_dotdot"], 403, "{case} in {c}");
+            if case.ends_with("-jwt") {
+                assert_eq!(refusals["no_token"], 401, "{case} in {c}");
+                assert_eq!(refusals["tampered_token"], 401, "{case} in {c}");
+            } else {
+                assert!(refusals["no_token"].is_null(), "{case} in {c}");
+            }
+        }
+    }
 }
 
 /// A fresh directory under the system temp dir, unique to this test process.
