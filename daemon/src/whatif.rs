@@ -23,8 +23,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{
-    Config, HttpConfig, IdentitySource, InboundConfig, JwksSource, JwtIssuer, Mode, OutboundConfig,
-    Protocol, TokenSource,
+    Config, HttpConfig, IdentitySource, InboundConfig, JwtIssuer, Mode, OutboundConfig, Protocol,
+    TokenSource,
 };
 use crate::http::path;
 use crate::http::rules::{
@@ -571,7 +571,7 @@ fn request(
         } else {
             let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
             let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
-            let Some(issuer) = http.jwt.iter().find(|i| issues(i, iss, sub)) else {
+            let Some(issuer) = http.jwt.iter().find(|i| i.issues(iss, sub)) else {
                 answer.request = Some(seen);
                 let why = match iss {
                     "" => format!(
@@ -619,10 +619,7 @@ fn request(
                 // The rules see the request as sent, token header included.
                 headers.insert(name.clone(), value);
             }
-            let principal = match claims.get("iss").and_then(Value::as_str) {
-                Some(iss) if !is_jwt_svid(issuer) => format!("{iss}/{sub}"),
-                _ => sub.to_owned(),
-            };
+            let principal = issuer.principal(&claims);
             auth = Some((RequestAuth { principal, claims }, issuer, from));
         }
     }
@@ -706,27 +703,6 @@ fn token_place_given(http: &HttpConfig, headers: &HeaderMap, path: &str) -> Opti
             }
             _ => None,
         })
-}
-
-/// Whether a token claiming `iss` and `sub` is `issuer`'s to check: its `iss`, or for a
-/// JWT-SVID issuer a subject in its trust domain. The same test as `jwt::Issuer::issues`,
-/// made on the config because an `Authenticator` needs live key sets.
-fn issues(issuer: &JwtIssuer, iss: &str, sub: &str) -> bool {
-    match &issuer.jwks {
-        JwksSource::WorkloadApi { trust_domain, .. } => {
-            iss == issuer.issuer
-                || sub
-                    .strip_prefix("spiffe://")
-                    .and_then(|rest| rest.split_once('/'))
-                    .is_some_and(|(td, _)| td == trust_domain)
-        }
-        _ => iss == issuer.issuer,
-    }
-}
-
-/// Whether `issuer`'s tokens are JWT-SVIDs, whose principal is their `sub` alone.
-fn is_jwt_svid(issuer: &JwtIssuer) -> bool {
-    matches!(issuer.jwks, JwksSource::WorkloadApi { .. })
 }
 
 /// Why the daemon would refuse these claims for their audience, if it would: an `aud`

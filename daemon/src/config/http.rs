@@ -94,6 +94,38 @@ pub struct JwtIssuer {
     pub clock_skew: Duration,
 }
 
+impl JwtIssuer {
+    /// Whether its tokens are JWT-SVIDs of a SPIFFE trust domain (keys from the Workload API).
+    pub fn is_jwt_svid(&self) -> bool {
+        matches!(self.jwks, JwksSource::WorkloadApi { .. })
+    }
+
+    /// Whether a token claiming `iss` (and `sub`) is this issuer's to check: its `iss`, or for
+    /// a JWT-SVID issuer a subject in its trust domain (SPIRE sets no `iss` by default).
+    pub fn issues(&self, iss: &str, sub: &str) -> bool {
+        match &self.jwks {
+            JwksSource::WorkloadApi { trust_domain, .. } => {
+                iss == self.issuer
+                    || sub
+                        .strip_prefix("spiffe://")
+                        .and_then(|rest| rest.split_once('/'))
+                        .is_some_and(|(td, _)| td == trust_domain)
+            }
+            _ => iss == self.issuer,
+        }
+    }
+
+    /// The request principal of a token with `claims`: `iss/sub`, or a JWT-SVID's `sub`
+    /// (already a full identity, spiffe://td/path).
+    pub fn principal(&self, claims: &serde_json::Value) -> String {
+        let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("");
+        match claims.get("iss").and_then(|s| s.as_str()) {
+            Some(iss) if !self.is_jwt_svid() => format!("{iss}/{sub}"),
+            _ => sub.to_owned(),
+        }
+    }
+}
+
 /// Where an issuer's JSON Web Key Set is read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]

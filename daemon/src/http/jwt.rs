@@ -96,18 +96,13 @@ impl Authenticator {
             .issuers
             .iter()
             .enumerate()
-            .find(|(_, i)| i.issues(iss, sub) && i.config.from.contains(&found_in))
+            .find(|(_, i)| i.config.issues(iss, sub) && i.config.from.contains(&found_in))
             .ok_or_else(|| match iss {
                 "" => format!("the token names no issuer, and {sub:?} is no JWT-SVID trusted here"),
                 _ => format!("issuer {iss:?} is not trusted here"),
             })?;
         let claims = issuer.validate(&token).await?;
-        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
-        // A JWT-SVID's subject is already a full identity (spiffe://td/path).
-        let principal = match claims.get("iss").and_then(Value::as_str) {
-            Some(iss) if !issuer.is_jwt_svid() => format!("{iss}/{sub}"),
-            _ => sub.to_owned(),
-        };
+        let principal = issuer.config.principal(&claims);
         Ok(Some(Validated {
             auth: RequestAuth { principal, claims },
             issuer: index,
@@ -136,26 +131,6 @@ impl Authenticator {
 }
 
 impl Issuer {
-    /// Whether this issuer's tokens are JWT-SVIDs of a SPIFFE trust domain.
-    fn is_jwt_svid(&self) -> bool {
-        matches!(self.config.jwks, JwksSource::WorkloadApi { .. })
-    }
-
-    /// Whether a token claiming `iss` (and `sub`) is this issuer's to check: its `iss`, or for
-    /// a JWT-SVID issuer a subject in its trust domain (SPIRE sets no `iss` by default).
-    fn issues(&self, iss: &str, sub: &str) -> bool {
-        match &self.config.jwks {
-            JwksSource::WorkloadApi { trust_domain, .. } => {
-                iss == self.config.issuer
-                    || sub
-                        .strip_prefix("spiffe://")
-                        .and_then(|rest| rest.split_once('/'))
-                        .is_some_and(|(td, _)| td == trust_domain)
-            }
-            _ => iss == self.config.issuer,
-        }
-    }
-
     /// Checks the signature and claims of `token`, returning its claims.
     async fn validate(&self, token: &str) -> Result<Value, String> {
         let header =
@@ -171,7 +146,7 @@ impl Issuer {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.config.clock_skew.as_secs();
         validation.validate_nbf = true;
-        if self.is_jwt_svid() {
+        if self.config.is_jwt_svid() {
             // JWT-SVIDs carry their identity in `sub`; `iss` is optional (checked by `issues`).
             validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         } else {
