@@ -8,6 +8,7 @@
 //! | `/config` | GET | JSON: the configuration in effect, defaults filled in, secrets elided |
 //! | `/metrics` | GET | Prometheus / OpenMetrics text |
 //! | `/logging` | GET, PUT | the log filter in effect; PUT a new one (e.g. `info,mtlsd=debug`) |
+//! | `/ui` | GET | a read-only page: listeners, identity and expiry, live decisions, refusals by reason |
 //! | `/decisions` | GET | Server-Sent Events: every decision as it happens (`?listener=`, `?peer=` prefix, `?outcome=allow\|deny`) |
 //!
 //! The endpoint is unauthenticated, which is why the config only lets it listen on loopback.
@@ -41,6 +42,9 @@ use crate::accept::{AcceptErrors, LogLimit};
 use crate::audit::{DecisionRecord, Decisions};
 use crate::metrics::Metrics;
 use crate::runtime::Status;
+
+/// The `/ui` page: one file, no build step, no external assets.
+const UI: &str = include_str!("ui.html");
 
 /// Largest request body accepted (a log filter).
 const MAX_BODY: usize = 4096;
@@ -164,6 +168,23 @@ impl Admin {
     async fn respond_once(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+            (&Method::GET, "/ui") => {
+                let mut resp = text(StatusCode::OK, UI.into());
+                let headers = resp.headers_mut();
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                // Everything it loads comes from this endpoint; nothing from elsewhere may run.
+                headers.insert(
+                    hyper::header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; \
+                         style-src 'unsafe-inline'",
+                    ),
+                );
+                resp
+            }
             (&Method::GET, "/ready") => match self.status.readiness() {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                 Err(problems) => text(StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n"),
@@ -227,7 +248,7 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /ready /certs /config /metrics /logging /decisions\n"
+                "not found; try /healthz /ready /certs /config /metrics /logging /decisions /ui\n"
                     .into(),
             ),
         }

@@ -21,41 +21,47 @@ pub fn idp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("idp")
 }
 
-/// The `oidc-provider` version `package.json` pins.
-fn pinned_version(dir: &Path) -> String {
+/// The version of `package` that `dir/package.json` pins.
+fn pinned_version(dir: &Path, package: &str) -> String {
     let manifest = std::fs::read_to_string(dir.join("package.json")).unwrap();
     let manifest: Value = serde_json::from_str(&manifest).unwrap();
-    manifest["dependencies"]["oidc-provider"]
+    manifest["dependencies"][package]
         .as_str()
-        .expect("package.json pins oidc-provider")
+        .unwrap_or_else(|| panic!("{}/package.json pins {package}", dir.display()))
         .to_owned()
 }
 
-/// The `oidc-provider` version installed under `dir/node_modules`, if any.
-fn installed_version(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("node_modules/oidc-provider/package.json")).ok()?;
+/// The version of `package` installed under `dir/node_modules`, if any.
+fn installed_version(dir: &Path, package: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(dir.join(format!("node_modules/{package}/package.json"))).ok()?;
     let manifest: Value = serde_json::from_str(&text).ok()?;
     Some(manifest["version"].as_str()?.to_owned())
 }
 
-/// Installs the fixture's npm packages (`npm ci`) unless the pinned ones are there already.
-///
-/// Once per process; across processes (nextest), each installs into its own staging
-/// directory and renames it into place, so concurrent installs cannot corrupt each other.
+/// Installs the IdP fixture's npm packages (`npm ci`) unless the pinned ones are there already.
 pub fn npm_ready() {
-    static DONE: Mutex<bool> = Mutex::new(false);
+    npm_ready_in(&idp_dir(), "oidc-provider");
+}
+
+/// Installs the npm packages of the fixture in `dir` (`npm ci`) unless `package` is already
+/// there at its pinned version.
+///
+/// Once per process and directory; across processes (nextest), each installs into its own
+/// staging directory and renames it into place, so concurrent installs cannot corrupt each other.
+pub fn npm_ready_in(dir: &Path, package: &str) {
+    static DONE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     // A failed install poisons nothing for the next test: it simply tries again.
     let mut done = DONE.lock().unwrap_or_else(PoisonError::into_inner);
-    if *done {
+    if done.iter().any(|d| d == dir) {
         return;
     }
-    let dir = idp_dir();
-    let pinned = pinned_version(&dir);
-    if installed_version(&dir).as_deref() != Some(pinned.as_str()) {
+    let pinned = pinned_version(dir, package);
+    if installed_version(dir, package).as_deref() != Some(pinned.as_str()) {
         // Beside tests/idp, not inside it: npm ci under another package's directory
         // checks the wrong lock file. Same filesystem, so the rename below is atomic.
         let staging = tempfile::Builder::new()
-            .prefix(".idp-npm-")
+            .prefix(".npm-")
             .tempdir_in(dir.parent().unwrap())
             .unwrap();
         for file in ["package.json", "package-lock.json"] {
@@ -73,21 +79,21 @@ pub fn npm_ready() {
                 .arg(staging.path()),
         );
         let target = dir.join("node_modules");
-        if target.exists() && installed_version(&dir).as_deref() != Some(pinned.as_str()) {
+        if target.exists() && installed_version(dir, package).as_deref() != Some(pinned.as_str()) {
             // A stale install: move it aside, into the staging directory that is removed below.
             let _ = std::fs::rename(&target, staging.path().join("stale"));
         }
         if let Err(e) = std::fs::rename(staging.path().join("node_modules"), &target) {
             // Another process may have won the race with the same install.
             assert_eq!(
-                installed_version(&dir).as_deref(),
+                installed_version(dir, package).as_deref(),
                 Some(pinned.as_str()),
                 "move node_modules into {}: {e}",
                 dir.display()
             );
         }
     }
-    *done = true;
+    done.push(dir.to_owned());
 }
 
 /// `node tests/idp/idp.mjs` with the fixture's packages installed.
