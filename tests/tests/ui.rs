@@ -12,6 +12,7 @@ use mtlsd_e2e::{Daemon, Pki, echo_round_trip, echo_upstream, identity_toml, tls_
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
+#[allow(clippy::print_stderr)] // a skipped test says why on its stderr
 async fn the_ui_page_shows_a_deny_made_while_it_is_open() {
     let chromium = Path::new("/usr/bin/chromium");
     if !chromium.exists() {
