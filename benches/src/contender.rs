@@ -28,16 +28,26 @@ pub struct Spec {
     /// The client offers only X25519 (what OpenSSL 3.0 peers negotiate); otherwise rustls'
     /// default offer, which prefers X25519MLKEM768.
     pub x25519_only: bool,
+    /// mtlsd with its audit trail on (`fsync = "interval"`), to price it against plain mtlsd
+    /// (the `http` workload; elsewhere it runs as `mtlsd-x25519`).
+    pub audit: bool,
 }
 
 /// All contender names `--compare` accepts.
-pub const ALL: &[&str] = &["mtlsd", "mtlsd-x25519", "haproxy", "nginx", "stunnel"];
+pub const ALL: &[&str] = &[
+    "mtlsd",
+    "mtlsd-x25519",
+    "mtlsd-audit",
+    "haproxy",
+    "nginx",
+    "stunnel",
+];
 
 impl Spec {
     pub fn parse(name: &str) -> Result<Self, String> {
         let (kind, x25519_only) = match name {
             "mtlsd" => (Kind::Mtlsd, false),
-            "mtlsd-x25519" => (Kind::Mtlsd, true),
+            "mtlsd-x25519" | "mtlsd-audit" => (Kind::Mtlsd, true),
             // OpenSSL 3.0 has no ML-KEM: the peers negotiate X25519 whatever the client offers;
             // offering only X25519 keeps the client's own work (not measured) the same.
             "haproxy" => (Kind::Haproxy, true),
@@ -54,6 +64,7 @@ impl Spec {
             name: name.to_owned(),
             kind,
             x25519_only,
+            audit: name == "mtlsd-audit",
         })
     }
 
@@ -397,7 +408,7 @@ impl HttpRunning {
     /// Starts `spec` (mtlsd or HAProxy) and waits (bounded) until both listeners accept.
     pub fn start(spec: &Spec, setup: &HttpSetup<'_>) -> Result<Self, String> {
         match spec.kind {
-            Kind::Mtlsd => Ok(Self::start_mtlsd(setup)),
+            Kind::Mtlsd => Ok(Self::start_mtlsd(setup, spec.audit)),
             Kind::Haproxy => {
                 let (plain, jwt) = (free_port(), free_port());
                 let server =
@@ -415,7 +426,7 @@ impl HttpRunning {
         }
     }
 
-    fn start_mtlsd(s: &HttpSetup<'_>) -> Self {
+    fn start_mtlsd(s: &HttpSetup<'_>, audit: bool) -> Self {
         let deny_admin = "[[inbound.http.rules]]\nname = \"no-admin\"\naction = \"deny\"\n\
                           to = [{ paths = [\"/admin/*\"] }]\n";
         let plain = format!("protocol = \"http\"\n{deny_admin}");
@@ -427,7 +438,22 @@ impl HttpRunning {
             aud = s.audience,
             jwks = display(s.jwks),
         );
+        // A record per admitted, closed connection and per request, synced once a second.
+        let audit = if audit {
+            let file = s
+                .pki
+                .dir
+                .path()
+                .join(format!("audit-{}.jsonl", free_port().port()));
+            format!(
+                "[audit]\nfile = \"{}\"\nfsync = \"interval\"\n",
+                display(&file)
+            )
+        } else {
+            String::new()
+        };
         let config = identity_toml(s.pki, s.server)
+            + &audit
             + &s.pki.inbound("plain", s.upstream, &plain)
             + &s.pki.inbound("jwt", s.upstream, &jwt);
         let file = mtlsd_e2e::write_config(&config);
