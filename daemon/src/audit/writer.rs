@@ -2,11 +2,13 @@
 //! syncing them as configured, rotating by size and reopening on request.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,11 +62,12 @@ impl Writer {
         let written = Arc::new(AtomicU64::new(0));
         let mut state = State {
             config: config.clone(),
-            file,
+            file: BufWriter::new(file),
             size,
             head,
             written: written.clone(),
             dirty: false,
+            last_sync: Instant::now(),
         };
         info!(file = %config.file.display(), seq = state.head.seq, head = %state.head.hash, "audit trail open");
         let thread = std::thread::Builder::new()
@@ -195,39 +198,83 @@ fn resume(path: &Path) -> Result<Head, String> {
 
 struct State {
     config: AuditConfig,
-    file: File,
+    /// Records are gathered here and written once per batch: one write per batch, not per record.
+    file: BufWriter<File>,
     size: u64,
     head: Head,
     written: Arc<AtomicU64>,
     /// Written but not yet synced.
     dirty: bool,
+    last_sync: Instant,
 }
+
+/// How long the writer lets records gather after the first of a batch arrives (unless each
+/// must be synced before its connection goes on): it then wakes once per batch, not per record.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
 
 impl State {
     fn run(&mut self, rx: &Receiver<Msg>) {
-        let tick = self.config.fsync_interval;
+        let every_record = self.config.fsync == FsyncPolicy::EveryRecord;
+        let mut acks = Vec::new();
         loop {
-            match rx.recv_timeout(tick) {
-                Ok(Msg::Record(decision, ack)) => {
-                    self.write(&decision);
-                    if self.config.fsync == FsyncPolicy::EveryRecord {
-                        self.sync();
-                    }
-                    if let Some(ack) = ack {
-                        let _ = ack.send(());
-                    }
-                }
-                Ok(Msg::Reopen) => self.reopen("reopened on request"),
+            // Asleep until there is work (or, with fsync = "interval", until a sync is due).
+            let first = match rx.recv_timeout(self.config.fsync_interval) {
+                Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.config.fsync == FsyncPolicy::Interval {
-                        self.sync();
-                    }
+                    self.flush(every_record, &mut acks);
+                    continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if !every_record {
+                std::thread::sleep(BATCH_WAIT);
+            }
+            let mut closed = false;
+            self.handle(first, &mut acks);
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => self.handle(msg, &mut acks),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            // Group commit: one write and (with every_record) one sync for the whole batch,
+            // then every connection waiting on a record of it goes on.
+            self.flush(every_record, &mut acks);
+            if closed {
+                break;
             }
         }
-        self.sync();
+        self.flush(true, &mut acks);
         info!(file = %self.config.file.display(), seq = self.head.seq, head = %self.head.hash, "audit trail closed");
+    }
+
+    fn handle(&mut self, msg: Msg, acks: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
+        match msg {
+            Msg::Record(decision, ack) => {
+                self.write(&decision);
+                acks.extend(ack);
+            }
+            Msg::Reopen => self.reopen("reopened on request"),
+        }
+    }
+
+    /// Writes what is buffered, syncs if `now` (or if the interval is due), then releases `acks`.
+    fn flush(&mut self, now: bool, acks: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
+        if let Err(e) = self.file.flush() {
+            error!(file = %self.config.file.display(), error = %e, "audit records not written");
+        }
+        let due = self.config.fsync == FsyncPolicy::Interval
+            && self.last_sync.elapsed() >= self.config.fsync_interval;
+        if now || due {
+            self.sync();
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
     }
 
     fn write(&mut self, decision: &DecisionRecord) {
@@ -246,8 +293,13 @@ impl State {
     }
 
     fn sync(&mut self) {
+        self.last_sync = Instant::now();
         if self.dirty {
-            if let Err(e) = self.file.sync_data() {
+            let synced = self
+                .file
+                .flush()
+                .and_then(|()| self.file.get_ref().sync_data());
+            if let Err(e) = synced {
                 error!(file = %self.config.file.display(), error = %e, "audit file sync failed");
             }
             self.dirty = false;
@@ -276,7 +328,7 @@ impl State {
         match open(&self.config.file) {
             Ok(file) => {
                 self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                self.file = file;
+                self.file = BufWriter::new(file);
                 // The head goes to the normal log too: an outside witness of where the chain stood.
                 info!(
                     file = %self.config.file.display(),
