@@ -33,15 +33,9 @@ pub struct Spec {
     pub audit: bool,
 }
 
-/// All contender names `--compare` accepts.
-pub const ALL: &[&str] = &[
-    "mtlsd",
-    "mtlsd-x25519",
-    "mtlsd-audit",
-    "haproxy",
-    "nginx",
-    "stunnel",
-];
+/// The contenders `--compare auto` runs; `mtlsd-audit` (the `http` workload's audit-trail
+/// variant) is accepted by name only.
+pub const ALL: &[&str] = &["mtlsd", "mtlsd-x25519", "haproxy", "nginx", "stunnel"];
 
 impl Spec {
     pub fn parse(name: &str) -> Result<Self, String> {
@@ -55,7 +49,7 @@ impl Spec {
             "stunnel" => (Kind::Stunnel, true),
             other => {
                 return Err(format!(
-                    "unknown contender {other:?}; expected one of {}",
+                    "unknown contender {other:?}; expected one of {} or mtlsd-audit",
                     ALL.join(", ")
                 ));
             }
