@@ -121,12 +121,12 @@ impl Decisions {
     /// Records `decision` (stamped with the generation in force) for the file and the viewers.
     pub fn record(&self, mut decision: DecisionRecord) {
         decision.generation = self.generation.load(Ordering::Relaxed);
-        let writer = self.writer().map(|w| (w, decision.clone()));
+        // Copied only when both a viewer and the file want it.
         if self.live.receiver_count() > 0 {
-            let _ = self.live.send(Arc::new(decision));
+            let _ = self.live.send(Arc::new(decision.clone()));
         }
-        if let Some((w, d)) = writer {
-            w.submit(d);
+        if let Some(w) = self.writer() {
+            w.submit(decision);
         }
     }
 
