@@ -1,7 +1,7 @@
 //! The README's install recipes, followed with a real `mtlsd` system user: files owned and
 //! moded as the layout says, `mtlsd check` as root, the daemon run as the service user.
 //!
-//! Needs root, `runuser` and `systemd-sysusers` (which creates the user from the shipped
+//! Needs root, `runuser`, `setpriv` and `systemd-sysusers` (which creates the user from the shipped
 //! snippet). Without them the tests say so and pass; with `CI` set they fail instead.
 
 use std::os::unix::fs::{PermissionsExt, chown};
@@ -31,7 +31,7 @@ fn service_user() -> Option<(u32, u32)> {
     if uid.trim() != "0" {
         return missing("not root");
     }
-    for tool in ["runuser", "systemd-sysusers"] {
+    for tool in ["runuser", "setpriv", "systemd-sysusers"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -77,10 +77,13 @@ fn install_config(path: &Path, text: &str, gid: u32) {
 }
 
 /// `mtlsd run` as the service user, with the config in place (not a temp copy).
+///
+/// `setpriv` executes mtlsd in its own place, where `runuser` would fork and wait: so the
+/// harness's kill reaches the daemon itself and no daemon outlives its test.
 fn run_as_service_user(config: &Path) -> Daemon {
-    let mut command = Command::new("runuser");
+    let mut command = Command::new("setpriv");
     command
-        .args(["-u", "mtlsd", "--"])
+        .args(["--reuid=mtlsd", "--regid=mtlsd", "--init-groups", "--"])
         .arg(mtlsd_bin())
         .args(["--log-format", "json", "run", "--config"])
         .arg(config);
