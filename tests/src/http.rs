@@ -189,3 +189,93 @@ pub fn request(
             .to_ascii_lowercase(),
     }
 }
+
+/// The rules of the authorization table that both the daemon (`http.rs`) and `mtlsd policy
+/// test` (`policy_cli.rs`) are held to; `id` makes a SPIFFE ID of a path, `issuer` is the
+/// trusted token issuer.
+pub fn authz_rules(id: impl Fn(&str) -> String, issuer: &str) -> String {
+    format!(
+        r#"
+[[inbound.http.rules]]
+name = "no-batch-writes"
+action = "deny"
+from = [{{ principals = ["{batch}"] }}]
+to = [{{ methods = ["POST", "PUT", "DELETE"] }}]
+
+[[inbound.http.rules]]
+name = "internal"
+action = "deny"
+from = [{{ not_principals = ["{tool}"] }}]
+to = [{{ paths = ["/internal/*"] }}]
+
+[[inbound.http.rules]]
+name = "public-reads"
+action = "allow"
+to = [{{ methods = ["GET"], paths = ["/public/*", "*.json"] }}]
+
+[[inbound.http.rules]]
+name = "admins"
+action = "allow"
+when = [{{ key = "request.auth.claims[groups]", values = ["admins"] }}]
+
+[[inbound.http.rules]]
+name = "payments-team"
+action = "allow"
+to = [{{ paths = ["/payments/*"] }}]
+when = [{{ key = "request.auth.claims[org][team]", values = ["payments"] }}]
+
+[[inbound.http.rules]]
+name = "frontend-api"
+action = "allow"
+from = [{{ principals = ["{frontend}"], request_principals = ["{iss}/*"] }}]
+to = [{{ paths = ["/api/*"] }}]
+
+[[inbound.http.rules]]
+name = "audit-deletes"
+action = "audit"
+to = [{{ methods = ["DELETE"] }}]
+"#,
+        batch = id("/batch"),
+        tool = id("/admin-tool"),
+        frontend = id("/frontend"),
+        iss = issuer,
+    )
+}
+
+/// The authorization table's cases: client, method, path, token (`-`, `dev`, `admin`,
+/// `tampered`), status, decision, deciding rule, audit rule (`-`: none).
+pub fn authz_cases() -> Vec<[&'static str; 8]> {
+    const TABLE: &str = "
+        /frontend   GET    /public/x              -        200 allow           public-reads    -
+        /frontend   GET    /data/report.json      -        200 allow           public-reads    -
+        /frontend   POST   /public/x              -        401 no_match        -               -
+        /frontend   POST   /public/x              dev      403 no_match        -               -
+        /batch      POST   /public/x              admin    403 deny            no-batch-writes -
+        /batch      GET    /public/x              -        200 allow           public-reads    -
+        /frontend   GET    /internal/keys         admin    403 deny            internal        -
+        /admin-tool GET    /internal/keys         admin    200 allow           admins          -
+        /admin-tool GET    /internal/keys         -        401 no_match        -               -
+        /frontend   DELETE /api/x                 admin    200 allow           admins          audit-deletes
+        /frontend   DELETE /api/y                 dev      200 allow           frontend-api    audit-deletes
+        /batch      DELETE /api/x                 admin    403 deny            no-batch-writes audit-deletes
+        /frontend   GET    /payments/1            dev      200 allow           payments-team   -
+        /frontend   GET    /payments/2            admin    200 allow           admins          -
+        /batch      GET    /payments/3            dev      200 allow           payments-team   -
+        /batch      GET    /payments/4            -        401 no_match        -               -
+        /frontend   GET    /api/z                 -        401 no_match        -               -
+        /batch      GET    /api/z                 dev      403 no_match        -               -
+        /frontend   GET    /api/z                 tampered 401 unauthenticated -               -
+        /frontend   GET    //public/../internal/x admin    403 deny            internal        -
+        /frontend   GET    /public/y              tampered 401 unauthenticated -               -
+        /admin-tool PUT    /anything              admin    200 allow           admins          -
+        /frontend   GET    /%70ublic/z            -        200 allow           public-reads    -
+    ";
+    TABLE
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&'static str> = l.split_whitespace().collect();
+            f.try_into().expect("eight columns")
+        })
+        .collect()
+}

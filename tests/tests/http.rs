@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use mtlsd_e2e::http::{Reply, Service, request};
+use mtlsd_e2e::http::{Reply, Service, authz_cases, authz_rules, request};
 use mtlsd_e2e::idp::{Idp, generate_keys, npm_ready, rotate_keys};
 use mtlsd_e2e::{
     CertFiles, Daemon, Pki, WAIT, admin_request, identity_toml, metric, run_ok, s_client,
@@ -171,52 +171,7 @@ async fn authorization_rules_decide_every_request_by_principal_method_path_and_c
     let idp = Idp::start(&idp_keys(dir.path()), 0, 300);
     let service = Service::start().await;
     let id = |p: &str| pki.id(p);
-    let rules = format!(
-        r#"
-[[inbound.http.rules]]
-name = "no-batch-writes"
-action = "deny"
-from = [{{ principals = ["{batch}"] }}]
-to = [{{ methods = ["POST", "PUT", "DELETE"] }}]
-
-[[inbound.http.rules]]
-name = "internal"
-action = "deny"
-from = [{{ not_principals = ["{tool}"] }}]
-to = [{{ paths = ["/internal/*"] }}]
-
-[[inbound.http.rules]]
-name = "public-reads"
-action = "allow"
-to = [{{ methods = ["GET"], paths = ["/public/*", "*.json"] }}]
-
-[[inbound.http.rules]]
-name = "admins"
-action = "allow"
-when = [{{ key = "request.auth.claims[groups]", values = ["admins"] }}]
-
-[[inbound.http.rules]]
-name = "payments-team"
-action = "allow"
-to = [{{ paths = ["/payments/*"] }}]
-when = [{{ key = "request.auth.claims[org][team]", values = ["payments"] }}]
-
-[[inbound.http.rules]]
-name = "frontend-api"
-action = "allow"
-from = [{{ principals = ["{frontend}"], request_principals = ["{iss}/*"] }}]
-to = [{{ paths = ["/api/*"] }}]
-
-[[inbound.http.rules]]
-name = "audit-deletes"
-action = "audit"
-to = [{{ methods = ["DELETE"] }}]
-"#,
-        batch = id("/batch"),
-        tool = id("/admin-tool"),
-        frontend = id("/frontend"),
-        iss = idp.issuer,
-    );
+    let rules = authz_rules(id, &idp.issuer);
     let daemon = start(&pki, &service, "", &(jwt_table(&idp, "") + &rules));
     let addr = daemon.addr("api");
     let dev = idp.token("mtlsd-test", "mtlsd-test-secret", AUDIENCE);
@@ -232,54 +187,24 @@ to = [{{ methods = ["DELETE"] }}]
         .map(|p| (p, pki.issue(&id(p))))
         .collect();
 
-    // client, method, path, token, status, decision, deciding rule, audit rule ("-": none)
-    let table = "
-        /frontend   GET    /public/x              -        200 allow           public-reads    -
-        /frontend   GET    /data/report.json      -        200 allow           public-reads    -
-        /frontend   POST   /public/x              -        401 no_match        -               -
-        /frontend   POST   /public/x              dev      403 no_match        -               -
-        /batch      POST   /public/x              admin    403 deny            no-batch-writes -
-        /batch      GET    /public/x              -        200 allow           public-reads    -
-        /frontend   GET    /internal/keys         admin    403 deny            internal        -
-        /admin-tool GET    /internal/keys         admin    200 allow           admins          -
-        /admin-tool GET    /internal/keys         -        401 no_match        -               -
-        /frontend   DELETE /api/x                 admin    200 allow           admins          audit-deletes
-        /frontend   DELETE /api/y                 dev      200 allow           frontend-api    audit-deletes
-        /batch      DELETE /api/x                 admin    403 deny            no-batch-writes audit-deletes
-        /frontend   GET    /payments/1            dev      200 allow           payments-team   -
-        /frontend   GET    /payments/2            admin    200 allow           admins          -
-        /batch      GET    /payments/3            dev      200 allow           payments-team   -
-        /batch      GET    /payments/4            -        401 no_match        -               -
-        /frontend   GET    /api/z                 -        401 no_match        -               -
-        /batch      GET    /api/z                 dev      403 no_match        -               -
-        /frontend   GET    /api/z                 tampered 401 unauthenticated -               -
-        /frontend   GET    //public/../internal/x admin    403 deny            internal        -
-        /frontend   GET    /public/y              tampered 401 unauthenticated -               -
-        /admin-tool PUT    /anything              admin    200 allow           admins          -
-        /frontend   GET    /%70ublic/z            -        200 allow           public-reads    -
-    ";
     let none = |s: &'static str| if s == "-" { "" } else { s };
-    let cases: Vec<Case> = table
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let f: Vec<&'static str> = l.split_whitespace().collect();
-            Case {
-                client: f[0],
-                method: f[1],
-                path: f[2],
-                token: match f[3] {
-                    "-" => Tok::None,
-                    "dev" => Tok::Dev,
-                    "admin" => Tok::Admin,
-                    "tampered" => Tok::Tampered,
-                    other => panic!("unknown token {other}"),
-                },
-                status: f[4].parse().unwrap(),
-                decision: f[5],
-                rule: none(f[6]),
-                audit: none(f[7]),
-            }
+    let cases: Vec<Case> = authz_cases()
+        .into_iter()
+        .map(|f| Case {
+            client: f[0],
+            method: f[1],
+            path: f[2],
+            token: match f[3] {
+                "-" => Tok::None,
+                "dev" => Tok::Dev,
+                "admin" => Tok::Admin,
+                "tampered" => Tok::Tampered,
+                other => panic!("unknown token {other}"),
+            },
+            status: f[4].parse().unwrap(),
+            decision: f[5],
+            rule: none(f[6]),
+            audit: none(f[7]),
         })
         .collect();
     let mut expected: HashMap<(String, String, u16), f64> = HashMap::new();

@@ -5,6 +5,7 @@
 
 use std::process::{Command, Output};
 
+use mtlsd_e2e::http::{authz_cases, authz_rules};
 use mtlsd_e2e::{mtlsd_bin, run_ok, write_config};
 use serde_json::{Value, json};
 
@@ -523,8 +524,9 @@ fn idp_claims(client: &str) -> Value {
 fn policy_test_agrees_with_the_daemon_on_every_case_of_the_authorization_table() {
     let td = "authz.test";
     let id = |p: &str| format!("spiffe://{td}{p}");
-    let config = write_config(&format!(
-        r#"
+    let config = write_config(
+        &(format!(
+            r#"
 [identity]
 trust_domain = "{td}"
 cert = "/nonexistent/web.pem"
@@ -544,87 +546,17 @@ issuer = "{ISSUER}"
 audiences = ["{AUDIENCE}"]
 jwks_uri = "{ISSUER}/jwks"
 
-[[inbound.http.rules]]
-name = "no-batch-writes"
-action = "deny"
-from = [{{ principals = ["{batch}"] }}]
-to = [{{ methods = ["POST", "PUT", "DELETE"] }}]
-
-[[inbound.http.rules]]
-name = "internal"
-action = "deny"
-from = [{{ not_principals = ["{tool}"] }}]
-to = [{{ paths = ["/internal/*"] }}]
-
-[[inbound.http.rules]]
-name = "public-reads"
-action = "allow"
-to = [{{ methods = ["GET"], paths = ["/public/*", "*.json"] }}]
-
-[[inbound.http.rules]]
-name = "admins"
-action = "allow"
-when = [{{ key = "request.auth.claims[groups]", values = ["admins"] }}]
-
-[[inbound.http.rules]]
-name = "payments-team"
-action = "allow"
-to = [{{ paths = ["/payments/*"] }}]
-when = [{{ key = "request.auth.claims[org][team]", values = ["payments"] }}]
-
-[[inbound.http.rules]]
-name = "frontend-api"
-action = "allow"
-from = [{{ principals = ["{frontend}"], request_principals = ["{ISSUER}/*"] }}]
-to = [{{ paths = ["/api/*"] }}]
-
-[[inbound.http.rules]]
-name = "audit-deletes"
-action = "audit"
-to = [{{ methods = ["DELETE"] }}]
-"#,
-        batch = id("/batch"),
-        tool = id("/admin-tool"),
-        frontend = id("/frontend"),
-    ));
+"#
+        ) + &authz_rules(id, ISSUER)),
+    );
     let dev = idp_claims("mtlsd-test");
     let admin = idp_claims("mtlsd-admin");
 
-    // Copied from http.rs: client, method, path, token, status, decision, deciding rule,
-    // audit rule ("-": none). The two `tampered` cases (a valid token's signature over another
+    // The table of http.rs (`mtlsd_e2e::http::authz_cases`). The two `tampered` cases (a valid token's signature over another
     // payload) are refused by the daemon at authentication (401 unauthenticated), which a
     // what-if that does not verify signatures cannot know: they are skipped below. The
     // 401 no_match cases are requests without a token that no allow rule admits.
-    let table = "
-        /frontend   GET    /public/x              -        200 allow           public-reads    -
-        /frontend   GET    /data/report.json      -        200 allow           public-reads    -
-        /frontend   POST   /public/x              -        401 no_match        -               -
-        /frontend   POST   /public/x              dev      403 no_match        -               -
-        /batch      POST   /public/x              admin    403 deny            no-batch-writes -
-        /batch      GET    /public/x              -        200 allow           public-reads    -
-        /frontend   GET    /internal/keys         admin    403 deny            internal        -
-        /admin-tool GET    /internal/keys         admin    200 allow           admins          -
-        /admin-tool GET    /internal/keys         -        401 no_match        -               -
-        /frontend   DELETE /api/x                 admin    200 allow           admins          audit-deletes
-        /frontend   DELETE /api/y                 dev      200 allow           frontend-api    audit-deletes
-        /batch      DELETE /api/x                 admin    403 deny            no-batch-writes audit-deletes
-        /frontend   GET    /payments/1            dev      200 allow           payments-team   -
-        /frontend   GET    /payments/2            admin    200 allow           admins          -
-        /batch      GET    /payments/3            dev      200 allow           payments-team   -
-        /batch      GET    /payments/4            -        401 no_match        -               -
-        /frontend   GET    /api/z                 -        401 no_match        -               -
-        /batch      GET    /api/z                 dev      403 no_match        -               -
-        /frontend   GET    /api/z                 tampered 401 unauthenticated -               -
-        /frontend   GET    //public/../internal/x admin    403 deny            internal        -
-        /frontend   GET    /public/y              tampered 401 unauthenticated -               -
-        /admin-tool PUT    /anything              admin    200 allow           admins          -
-        /frontend   GET    /%70ublic/z            -        200 allow           public-reads    -
-    ";
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = authz_cases();
     assert_eq!(rows.len(), 23, "the table of http.rs");
     let none = |s: &str| if s == "-" { Value::Null } else { json!(s) };
     let mut asked = 0;
