@@ -257,7 +257,15 @@ impl Daemon {
             None => None,
             Some(audit) => match self.drain.decisions.current_writer() {
                 Some(w) if w.serves(audit) => Some(w),
-                _ => Some(crate::audit::Writer::start(audit).map_err(StartError::Audit)?),
+                // Resuming the chain reads the whole file: off the event loop.
+                _ => {
+                    let audit = audit.clone();
+                    let started =
+                        tokio::task::spawn_blocking(move || crate::audit::Writer::start(&audit))
+                            .await
+                            .map_err(|e| StartError::Panicked(e.to_string()))?;
+                    Some(started.map_err(StartError::Audit)?)
+                }
             },
         };
         let mut routes = Vec::with_capacity(wanted.len());
