@@ -23,6 +23,7 @@ use tokio_rustls::client::TlsStream;
 
 pub mod http;
 pub mod idp;
+pub mod journald;
 pub mod spire;
 
 /// How long any single wait in a test may take before it fails.

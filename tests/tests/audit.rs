@@ -8,9 +8,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mtlsd_e2e::http::{Service, request};
+use mtlsd_e2e::journald::Journald;
 use mtlsd_e2e::{
     Daemon, Pki, WAIT, admin_request, client_config, echo_round_trip, echo_upstream, identity_toml,
-    metric, mtlsd_bin, tls_connect,
+    metric, mtlsd_bin, tls_connect, write_config,
 };
 use serde_json::Value;
 
@@ -159,7 +160,10 @@ async fn with_every_record_fsync_a_kill_loses_no_admitted_connection_the_client_
     let mut daemon = Daemon::start(
         &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
             + &audit_table(&file, "fsync = \"every_record\"")
-            + &pki.inbound("web", upstream.addr, "")),
+            + &pki.inbound("web", upstream.addr, "").replace(
+                "allow = [\"spiffe://journal.test\"]",
+                &format!("allow = [\"{}\"]", pki.id("/frontend")),
+            )),
     );
     let addr = daemon.addr("web");
     let client = pki.client("/client");
@@ -203,7 +207,10 @@ async fn a_full_queue_with_on_full_drop_counts_exactly_what_it_dropped() {
                 &file,
                 "on_full = \"drop\"\nqueue = 1\nfsync = \"every_record\"",
             )
-            + &pki.inbound("web", upstream.addr, "")),
+            + &pki.inbound("web", upstream.addr, "").replace(
+                "allow = [\"spiffe://journal.test\"]",
+                &format!("allow = [\"{}\"]", pki.id("/frontend")),
+            )),
     );
     let addr = daemon.addr("web");
     let client = pki.client("/client");
@@ -334,4 +341,110 @@ async fn a_deny_appears_on_the_live_decision_stream_at_once() {
     assert!(!line.contains('\u{1b}'), "no colour when piped: {line:?}");
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_journal_on_every_audit_record_reaches_a_real_journald_with_its_fields() {
+    let Some(journald) = Journald::start() else {
+        return;
+    };
+    let pki = Pki::new("journal.test");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let upstream = echo_upstream().await;
+    let config = write_config(
+        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
+            + &audit_table(&file, "journal = true")
+            + &pki.inbound("web", upstream.addr, "").replace(
+                "allow = [\"spiffe://journal.test\"]",
+                &format!("allow = [\"{}\"]", pki.id("/frontend")),
+            )),
+    );
+    let path = config.path().to_str().unwrap().to_owned();
+    // Outside the namespace there is no journald here: `check` says so, naming the key.
+    let check = Command::new(mtlsd_bin())
+        .args(["check", "--config", &path])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr).into_owned();
+    if !Path::new("/run/systemd/journal/socket").exists() {
+        assert!(!check.status.success(), "{said}");
+        assert!(
+            said.contains("audit.journal") && said.contains("no journald socket"),
+            "{said}"
+        );
+    }
+
+    let mut command = journald.command(&mtlsd_bin());
+    command.args([
+        "--log-format",
+        "json",
+        "--log",
+        "info",
+        "run",
+        "--config",
+        &path,
+    ]);
+    let daemon = Daemon::spawn_command(command, config);
+    daemon.wait_for_log("ready", |l| l["message"] == "ready");
+    let addr = daemon.addr("web");
+    let mut tls = tls_connect(addr, pki.client("/frontend")).await.unwrap();
+    assert_eq!(echo_round_trip(&mut tls, b"hi").await.unwrap(), b"hi");
+    drop(tls);
+    let stranger = client_config(&pki.bundle(), Some(&pki.issue(&pki.id("/stranger"))));
+    if let Ok(mut tls) = tls_connect(addr, stranger).await {
+        assert!(echo_round_trip(&mut tls, b"x").await.is_err());
+    }
+    daemon.refused("not_allowed");
+    daemon.wait_for_log("the close", |l| l["message"] == "connection closed");
+
+    // admitted, closed, refused: in the file, and the same three in the journal.
+    let deadline = Instant::now() + WAIT;
+    let mut all = records(&file);
+    while all.len() < 3 {
+        assert!(Instant::now() < deadline, "{all:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+        all = records(&file);
+    }
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let message_id = format!("MESSAGE_ID={}", mtlsd::audit::journal::MESSAGE_ID);
+    let entries = journald.wait_for_entries(&[&message_id], 3);
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    for record in &all {
+        let seq = record["seq"].to_string();
+        let entry = entries
+            .iter()
+            .find(|e| e["MTLSD_AUDIT_SEQ"] == seq.as_str())
+            .unwrap_or_else(|| panic!("no entry for record {seq} in {entries:#?}"));
+        assert_eq!(entry["MTLSD_AUDIT_HASH"], record["hash"]);
+        for key in [
+            "event",
+            "listener",
+            "direction",
+            "src",
+            "outcome",
+            "decision",
+            "peer_id",
+        ] {
+            let field = format!("MTLSD_{}", key.to_ascii_uppercase());
+            assert_eq!(entry[&field], record[key], "{field} of {entry:#}");
+        }
+        let priority = if record["outcome"] == "deny" {
+            "5"
+        } else {
+            "6"
+        };
+        assert_eq!(entry["PRIORITY"], priority);
+        assert_eq!(entry["SYSLOG_IDENTIFIER"], "mtlsd");
+        assert_eq!(entry["_TRANSPORT"], "journal");
+        assert_eq!(entry["_PID"], daemon.pid().to_string().as_str());
+    }
+    let refused = entries
+        .iter()
+        .find(|e| e["MTLSD_EVENT"] == "refused")
+        .unwrap();
+    assert_eq!(refused["MTLSD_PEER_ID"], pki.id("/stranger").as_str());
+    // Denials are notices: `journalctl -p notice` lists exactly them.
+    let notices = journald.entries(&[&message_id, "PRIORITY=5"]);
+    assert_eq!(notices.len(), 1, "{notices:#?}");
 }

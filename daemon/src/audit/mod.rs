@@ -6,6 +6,7 @@
 //! when it is full is the operator's explicit choice (`on_full`), and drops are counted.
 
 pub mod chain;
+pub mod journal;
 pub mod watch;
 pub mod writer;
 

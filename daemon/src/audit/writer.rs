@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use super::DecisionRecord;
 use super::chain::{self, Head};
+use super::journal::{self, Journal};
 use crate::config::{AuditConfig, FsyncPolicy, OnFull};
 
 /// Why the audit file cannot be written.
@@ -58,6 +59,16 @@ impl Writer {
         let head = resume(&config.file).map_err(err)?;
         let file = open(&config.file).map_err(|e| err(e.to_string()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let journal = if config.journal {
+            let path = Path::new(journal::SOCKET);
+            let journal = Journal::connect(path).map_err(|e| AuditError {
+                path: path.to_owned(),
+                cause: format!("the journal (audit.journal = true): {e}"),
+            })?;
+            Some(journal)
+        } else {
+            None
+        };
         let (tx, rx) = sync_channel(config.queue);
         let written = Arc::new(AtomicU64::new(0));
         let mut state = State {
@@ -68,6 +79,8 @@ impl Writer {
             written: written.clone(),
             dirty: false,
             last_sync: Instant::now(),
+            journal,
+            journal_failing: false,
         };
         info!(file = %config.file.display(), seq = state.head.seq, head = %state.head.hash, "audit trail open");
         let thread = std::thread::Builder::new()
@@ -206,6 +219,10 @@ struct State {
     /// Written but not yet synced.
     dirty: bool,
     last_sync: Instant,
+    /// Where records also go with `journal = true`.
+    journal: Option<Journal>,
+    /// The journal refused the last entry: logged once until it takes one again.
+    journal_failing: bool,
 }
 
 /// How long the writer lets records gather after the first of a batch arrives (unless each
@@ -286,9 +303,28 @@ impl State {
         }
         self.written.fetch_add(1, Ordering::Relaxed);
         self.size += line.len() as u64;
+        self.send_to_journal(decision);
         self.dirty = true;
         if self.config.rotate_bytes > 0 && self.size >= self.config.rotate_bytes {
             self.rotate();
+        }
+    }
+
+    /// The record just sealed, to the journal too; the file stays the complete trail, so a
+    /// journal that refuses entries (journald restarting, its queue full) is logged, not fatal.
+    fn send_to_journal(&mut self, decision: &DecisionRecord) {
+        let Some(journal) = &self.journal else { return };
+        match journal.send(decision, &self.head) {
+            Ok(()) if self.journal_failing => {
+                self.journal_failing = false;
+                info!(socket = %journal.path().display(), seq = self.head.seq, "audit records reach the journal again");
+            }
+            Ok(()) => {}
+            Err(e) if !self.journal_failing => {
+                self.journal_failing = true;
+                error!(socket = %journal.path().display(), seq = self.head.seq, error = %e, "audit record not sent to the journal; the file keeps it");
+            }
+            Err(_) => {}
         }
     }
 

@@ -91,6 +91,8 @@ pub struct AuditConfig {
     pub rotate_bytes: u64,
     /// Rotated files kept (`file.1` … `file.<keep>`).
     pub keep: usize,
+    /// Every record also goes to the systemd journal, with its fields as journal fields.
+    pub journal: bool,
 }
 
 /// What happens when the audit queue is full.

@@ -119,6 +119,7 @@ pub(super) struct RawAudit {
     pub fsync_interval: Option<S<String>>,
     pub rotate_bytes: Option<S<i64>>,
     pub keep: Option<S<i64>>,
+    pub journal: Option<S<bool>>,
 }
 
 #[derive(Deserialize, Default)]

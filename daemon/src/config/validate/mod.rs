@@ -8,7 +8,7 @@ mod identity;
 mod listeners;
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::{Locator, Problem};
@@ -229,6 +229,23 @@ impl Validator<'_> {
             u64::try_from(*n).map_err(|_| "must be 0 (never) or a size in bytes".to_owned())
         });
         let keep = self.check_or(&raw.keep, "audit.keep", 10, |n| count_up_to(n, 1000));
+        let journal = self.check_or(&raw.journal, "audit.journal", false, |b| {
+            Ok::<_, String>(*b)
+        });
+        if let Some(raw_journal) = &raw.journal
+            && journal == Some(true)
+            && self.check_files
+            && !Path::new(crate::audit::journal::SOCKET).exists()
+        {
+            self.report(
+                raw_journal,
+                "audit.journal",
+                format!(
+                    "no journald socket at {}: is systemd-journald running?",
+                    crate::audit::journal::SOCKET
+                ),
+            );
+        }
         if let Some(file) = &file
             && let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
             && self.check_files
@@ -248,6 +265,7 @@ impl Validator<'_> {
             fsync_interval: fsync_interval?,
             rotate_bytes: rotate_bytes?,
             keep: keep?,
+            journal: journal?,
         })
     }
 
