@@ -14,6 +14,7 @@ mod chart;
 mod contender;
 mod flood;
 mod http;
+mod rotation;
 mod rtt;
 mod soak;
 // The RS256 half is for the criterion `authz` benchmark.
@@ -121,6 +122,9 @@ enum Sub {
     /// Server CPU and latency per HTTP request: mtlsd's protocol = "http" listeners against
     /// HAProxy mode http, HTTP/1.1 and h2, with and without a JWT (starts both).
     Http(http::Args),
+    /// Handshake latency, throughput and server CPU while SPIRE rotates the daemon's SVID every
+    /// few seconds, against the same load with no rotation (starts SPIRE and mtlsd).
+    Rotation(rotation::Args),
 }
 
 impl Args {
@@ -222,6 +226,7 @@ async fn main() {
             Sub::Soak(command) => soak::run(command).await,
             Sub::Flood(args) => flood::run(args).await,
             Sub::Http(args) => http::run(args).await,
+            Sub::Rotation(args) => rotation::run(args).await,
         };
         if let Err(e) = result {
             eprintln!("mtlsd-bench: {e}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::WAIT;
+use crate::{CertFiles, WAIT};
 
 /// The directory holding `spire-server` and `spire-agent`, built by `scripts/spire-tools`
 /// once per process; `None` (saying what to install) when Go is missing, a panic then if `CI` is set.
@@ -631,6 +631,33 @@ pub fn wait_for_svid(socket: &Path, spiffe_id: &str) -> Value {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The `unix:uid:` selector that matches this process (and every daemon it starts).
+pub fn uid_selector() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+    format!("unix:uid:{uid}")
+}
+
+/// The X.509-SVID for `id` among those `spire-agent api fetch x509 -write` wrote to `dir`.
+pub fn svid_files(dir: &Path, id: &str) -> CertFiles {
+    for i in 0..8 {
+        let cert = dir.join(format!("svid.{i}.pem"));
+        let Ok(pem) = std::fs::read(&cert) else { break };
+        let leaf = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+            .unwrap();
+        if mtlsd::identity::spiffe_id_of(&leaf).is_ok_and(|got| got.as_str() == id) {
+            return CertFiles {
+                cert,
+                key: dir.join(format!("svid.{i}.key")),
+            };
+        }
+    }
+    panic!("no SVID for {id} in {}", dir.display());
 }
 
 /// Whether a Workload API `fetch_x509` error says no entry matches the caller.

@@ -5,14 +5,15 @@
 //! listener. Skipped, saying why, where Go is missing; never skipped in CI.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mtlsd_e2e::http::{Service, request};
-use mtlsd_e2e::spire::{ServerOpts, SpireAgent, SpireServer, spire_bin, wait_for_svid};
+use mtlsd_e2e::spire::{
+    ServerOpts, SpireAgent, SpireServer, spire_bin, svid_files, uid_selector, wait_for_svid,
+};
 use mtlsd_e2e::{
-    CertFiles, Daemon, WAIT, admin_request, echo_round_trip, echo_upstream, mtlsd_bin, write_config,
+    Daemon, WAIT, admin_request, echo_round_trip, echo_upstream, mtlsd_bin, write_config,
 };
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -31,16 +32,14 @@ fn spire(td: &str) -> (SpireServer, SpireAgent) {
 /// Registers `path` for this test's uid (every daemon it starts runs as it), with a
 /// `ttl`-second X.509-SVID, and waits until the agent serves it.
 fn register(server: &SpireServer, agent: &SpireAgent, path: &str, ttl: u32, federates: &[&str]) {
-    let uid = format!("unix:uid:{}", uid());
-    server.create_entry(&server.id("/host"), &server.id(path), &uid, ttl, federates);
+    server.create_entry(
+        &server.id("/host"),
+        &server.id(path),
+        &uid_selector(),
+        ttl,
+        federates,
+    );
     wait_for_svid(&agent.socket, &server.id(path));
-}
-
-fn uid() -> String {
-    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 /// `[identity]` from the Workload API at `agent`'s socket, choosing `id`.
@@ -369,24 +368,4 @@ async fn an_http_listener_accepts_jwt_svids_with_keys_from_the_workload_api() {
     assert_eq!(reply.status, 401, "{reply:?}");
     assert!(reply.body.contains("another audience"), "{reply:?}");
     assert!(service.seen_with("jwt=aud").is_empty());
-}
-
-/// The X.509-SVID for `id` among those `spire-agent api fetch x509 -write` wrote to `dir`.
-fn svid_files(dir: &Path, id: &str) -> CertFiles {
-    for i in 0..8 {
-        let cert = dir.join(format!("svid.{i}.pem"));
-        let Ok(pem) = std::fs::read(&cert) else { break };
-        let leaf = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
-            .next()
-            .unwrap()
-            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
-            .unwrap();
-        if mtlsd::identity::spiffe_id_of(&leaf).is_ok_and(|got| got.as_str() == id) {
-            return CertFiles {
-                cert,
-                key: dir.join(format!("svid.{i}.key")),
-            };
-        }
-    }
-    panic!("no SVID for {id} in {}", dir.display());
 }

@@ -1,0 +1,363 @@
+//! `mtlsd-bench rotation`: what Workload API updates cost a busy daemon.
+//!
+//! Starts a real SPIRE server and agent (the binaries `scripts/spire-tools` builds) and
+//! registers this process's uid for a client SVID and for two server SVIDs: `/steady`, which
+//! lives an hour, and `/rotating`, which lives `--ttl` seconds so the agent renews it every few
+//! seconds. Round by round, one phase per server SVID: an mtlsd whose identity comes from the
+//! Workload API (pinned to one core) takes `--concurrency` clients doing full mTLS handshakes
+//! plus one echoed byte for `--secs`, while one long-lived stream echoes a byte every 20 ms.
+//! Per phase: handshakes/s, handshake latency quantiles, server CPU per handshake, the
+//! stream's round-trip p99, the updates the daemon applied, the distinct server serials the
+//! clients saw, and every failure (there must be none).
+//!
+//! The agent streams every SVID of the workload in each update, so the `/rotating` entry
+//! exists only during rotating phases: the steady phase sees no update at all.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mtlsd::identity::{SpiffeId, SpiffeServerVerifier, TrustDomains};
+use mtlsd_e2e::spire::{
+    ServerOpts, SpireAgent, SpireServer, fetch_x509, spire_bin, svid_files, uid_selector,
+    wait_for_svid, write_x509,
+};
+use mtlsd_e2e::{Daemon, WAIT, echo_round_trip, echo_upstream, tls_connect};
+use rustls::client::Resumption;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+
+use crate::contender::pin;
+use crate::workload::Latencies;
+
+const TRUST_DOMAIN: &str = "bench.test";
+
+/// Options of `rotation`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rounds; each runs a steady phase, then a rotating one.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Seconds of load per phase.
+    #[arg(long, default_value_t = 30)]
+    secs: u64,
+    /// X.509-SVID lifetime of the rotating server identity, seconds (SPIRE renews at half).
+    #[arg(long, default_value_t = 10)]
+    ttl: u32,
+    /// Concurrent handshaking clients.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u32,
+    /// Core to pin the daemon to; this client, SPIRE and the upstream share the other.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// Core to pin this client to.
+    #[arg(long, default_value_t = 1)]
+    client_cpu: usize,
+    /// Leave everything unpinned.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+}
+
+/// What the clients saw in one phase.
+#[derive(Default)]
+struct Load {
+    handshake_ms: Vec<f64>,
+    failures: Vec<String>,
+    serials: BTreeSet<Vec<u8>>,
+}
+
+/// The client side: our `/client` SVID, and the SPIFFE check of the server `expected`.
+fn client_config(agent: &SpireAgent, server: &SpireServer, expected: &str) -> Arc<ClientConfig> {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    write_x509(&agent.socket, dir.path());
+    let files = svid_files(dir.path(), &server.id("/client"));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(Iterator::collect)
+        .expect("the client SVID chain");
+    let key = PrivateKeyDer::from_pem_file(&files.key).expect("the client SVID key");
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(server.bundle_pem().as_bytes()) {
+        roots
+            .add(cert.expect("a bundle certificate"))
+            .expect("a CA");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = SpiffeServerVerifier::new(
+        TrustDomains::new(TRUST_DOMAIN, Arc::new(roots), []),
+        SpiffeId::from_str(expected).expect("a SPIFFE ID"),
+        &provider,
+    );
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .expect("the client SVID");
+    // Every handshake is a full one: resumption would skip the server's new certificate.
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
+}
+
+/// An mtlsd serving `id` from the agent's Workload API, admitting the `/client` SVID.
+fn start_daemon(agent: &SpireAgent, server: &SpireServer, id: &str, echo: SocketAddr) -> Daemon {
+    Daemon::start(&format!(
+        "[identity]\ntrust_domain = \"{TRUST_DOMAIN}\"\nsource = \"workload_api\"\n\
+         socket = \"unix:{}\"\nid = \"{id}\"\nstartup_timeout = \"20s\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[inbound]]\nname = \"echo\"\nlisten = \"127.0.0.1:0\"\nforward = \"{echo}\"\n\
+         allow = [\"{}\"]\n",
+        agent.socket.display(),
+        server.id("/client"),
+    ))
+}
+
+/// `concurrency` clients handshaking against `addr` until `until`.
+async fn handshakes(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    concurrency: u32,
+    until: Instant,
+) -> Load {
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let mut load = Load::default();
+                // Bounded by time, and by count should the clock misbehave.
+                for _ in 0..10_000_000u64 {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let attempt = async {
+                        let mut tls = tls_connect(addr, config.clone()).await?;
+                        let serial = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|leaf| leaf.as_ref().to_vec());
+                        echo_round_trip(&mut tls, b"x").await?;
+                        Ok::<_, std::io::Error>(serial)
+                    };
+                    match tokio::time::timeout(WAIT, attempt).await {
+                        Ok(Ok(leaf)) => {
+                            load.handshake_ms
+                                .push(started.elapsed().as_secs_f64() * 1000.0);
+                            load.serials.extend(leaf);
+                        }
+                        Ok(Err(e)) => load.failures.push(format!("handshake: {e}")),
+                        Err(_) => load.failures.push(format!("handshake over {WAIT:?}")),
+                    }
+                }
+                load
+            })
+        })
+        .collect();
+    let mut total = Load::default();
+    for task in tasks {
+        let load = task.await.expect("a client task");
+        total.handshake_ms.extend(load.handshake_ms);
+        total.failures.extend(load.failures);
+        total.serials.extend(load.serials);
+    }
+    total
+}
+
+/// One stream open for the whole phase: a byte echoed every 20 ms, each round trip in µs.
+async fn stream(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    until: Instant,
+) -> (Vec<f64>, Vec<String>) {
+    let mut tls = match tls_connect(addr, config).await {
+        Ok(tls) => tls,
+        Err(e) => return (Vec::new(), vec![format!("the stream's handshake: {e}")]),
+    };
+    let mut rtts = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while Instant::now() < until && rtts.len() < 1_000_000 {
+        tick.tick().await;
+        let started = Instant::now();
+        match tokio::time::timeout(WAIT, echo_round_trip(&mut tls, b"s")).await {
+            Ok(Ok(_)) => rtts.push(started.elapsed().as_secs_f64() * 1e6),
+            Ok(Err(e)) => return (rtts, vec![format!("the stream dropped: {e}")]),
+            Err(_) => return (rtts, vec![format!("the stream stalled over {WAIT:?}")]),
+        }
+    }
+    (rtts, Vec::new())
+}
+
+fn latencies(mut values: Vec<f64>) -> Latencies {
+    values.sort_by(f64::total_cmp);
+    Latencies { sorted_us: values }
+}
+
+/// Runs one phase against a daemon serving `id`.
+async fn phase(
+    args: &Args,
+    spire: (&SpireServer, &SpireAgent),
+    id: &str,
+    echo: SocketAddr,
+) -> Result<Value, String> {
+    let (server, agent) = spire;
+    let daemon = start_daemon(agent, server, id, echo);
+    if !args.no_pin {
+        pin(daemon.pid(), args.server_cpu);
+    }
+    let addr = daemon.addr("echo");
+    let config = client_config(agent, server, id);
+    let until = Instant::now() + Duration::from_secs(args.secs);
+    let cpu0 = crate::contender::cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")?;
+    let (load, (rtts, stream_failures)) = tokio::join!(
+        handshakes(addr, config.clone(), args.concurrency, until),
+        stream(addr, config, until),
+    );
+    let cpu = crate::contender::cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")? - cpu0;
+    let updates = daemon
+        .logs_where(|l| l["message"] == "the Workload API sent a new SVID or bundle: applying it")
+        .len();
+    let closed = daemon
+        .logs_where(|l| l["message"] == "closing an open connection")
+        .len();
+    let n = load.handshake_ms.len();
+    let hs = latencies(load.handshake_ms);
+    let rtt = latencies(rtts);
+    let mut failures = load.failures;
+    failures.extend(stream_failures);
+    Ok(json!({
+        "handshakes": n,
+        "handshakes_per_s": n as f64 / args.secs as f64,
+        "handshake_p50_ms": hs.quantile(0.5),
+        "handshake_p99_ms": hs.quantile(0.99),
+        "handshake_max_ms": hs.quantile(1.0),
+        "server_cpu_us_per_handshake": cpu * 1e6 / n.max(1) as f64,
+        "stream_round_trips": rtt.sorted_us.len(),
+        "stream_p50_us": rtt.quantile(0.5),
+        "stream_p99_us": rtt.quantile(0.99),
+        "workload_api_updates_applied": updates,
+        "server_serials_seen": load.serials.len(),
+        "connections_closed_by_recheck": closed,
+        "failures": failures.len(),
+        "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
+    }))
+}
+
+/// Waits (bounded) until the agent no longer hands this process `id`.
+fn wait_until_gone(agent: &SpireAgent, id: &str) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let response = fetch_x509(&agent.socket)?;
+        let svids = response["svids"].as_array().cloned().unwrap_or_default();
+        if !svids.iter().any(|s| s["spiffe_id"] == id) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("the agent still serves {id} after {WAIT:?}"))
+}
+
+/// Median of `key` over the phases.
+fn median(phases: &[Value], key: &str) -> f64 {
+    let mut v: Vec<f64> = phases.iter().filter_map(|p| p[key].as_f64()).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs the measurement, prints a table and the JSON report.
+pub async fn run(args: Args) -> Result<(), String> {
+    if spire_bin().is_none() {
+        return Err("no SPIRE binaries: run scripts/spire-tools (needs Go) first".into());
+    }
+    if !args.no_pin {
+        pin(std::process::id(), args.client_cpu);
+    }
+    let server = SpireServer::start(TRUST_DOMAIN, &ServerOpts::default());
+    let host = server.id("/host");
+    let agent = SpireAgent::start(&server, &server.join_token(&host));
+    let uid = uid_selector();
+    for (path, ttl) in [("/client", 3600), ("/steady", 3600)] {
+        server.create_entry(&host, &server.id(path), &uid, ttl, &[]);
+        wait_for_svid(&agent.socket, &server.id(path));
+    }
+    let echo = echo_upstream().await;
+    let (mut steady, mut rotating) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        eprintln!(
+            "mtlsd-bench rotation: round {round}/{}: steady",
+            args.rounds
+        );
+        steady.push(phase(&args, (&server, &agent), &server.id("/steady"), echo.addr).await?);
+        let id = server.id("/rotating");
+        let entry = server.create_entry(&host, &id, &uid, args.ttl, &[]);
+        wait_for_svid(&agent.socket, &id);
+        eprintln!(
+            "mtlsd-bench rotation: round {round}/{}: rotating",
+            args.rounds
+        );
+        rotating.push(phase(&args, (&server, &agent), &id, echo.addr).await?);
+        server.delete_entry(&entry);
+        wait_until_gone(&agent, &id)?;
+    }
+    let report = json!({
+        "secs": args.secs,
+        "ttl_secs": args.ttl,
+        "concurrency": args.concurrency,
+        "steady": steady,
+        "rotating": rotating,
+    });
+    println!(
+        "{:<10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "phase",
+        "hs/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu µs/hs",
+        "stream p99",
+        "updates",
+        "serials",
+        "failures"
+    );
+    for (name, phases) in [("steady", &steady), ("rotating", &rotating)] {
+        println!(
+            "{name:<10} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>10.0} {:>8.0} {:>8.0} {:>8.0}",
+            median(phases, "handshakes_per_s"),
+            median(phases, "handshake_p50_ms"),
+            median(phases, "handshake_p99_ms"),
+            median(phases, "handshake_max_ms"),
+            median(phases, "server_cpu_us_per_handshake"),
+            median(phases, "stream_p99_us"),
+            median(phases, "workload_api_updates_applied"),
+            median(phases, "server_serials_seen"),
+            phases
+                .iter()
+                .filter_map(|p| p["failures"].as_f64())
+                .sum::<f64>(),
+        );
+    }
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("{text}");
+    let failed: f64 = [&steady, &rotating]
+        .iter()
+        .flat_map(|p| p.iter())
+        .filter_map(|p| p["failures"].as_f64())
+        .sum();
+    if failed > 0.0 {
+        return Err(format!(
+            "{failed} handshakes or streams failed: see first_failures"
+        ));
+    }
+    Ok(())
+}
