@@ -272,7 +272,7 @@ fn median(phases: &[Value], key: &str) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Runs the measurement, prints a table and the JSON report.
+/// Runs the measurement: a table on stderr, the JSON report on stdout.
 pub async fn run(args: Args) -> Result<(), String> {
     if spire_bin().is_none() {
         return Err("no SPIRE binaries: run scripts/spire-tools (needs Go) first".into());
@@ -314,7 +314,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         "steady": steady,
         "rotating": rotating,
     });
-    println!(
+    // The table to stderr, the report to stdout: a script reads one JSON object.
+    eprintln!(
         "{:<10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8}",
         "phase",
         "hs/s",
@@ -328,7 +329,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         "failures"
     );
     for (name, phases) in [("steady", &steady), ("rotating", &rotating)] {
-        println!(
+        eprintln!(
             "{name:<10} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>10.0} {:>8.0} {:>8.0} {:>8.0}",
             median(phases, "handshakes_per_s"),
             median(phases, "handshake_p50_ms"),

@@ -153,6 +153,33 @@ fn mtlsd_bench_http_smoke_gets_200s_and_the_same_refusals_from_mtlsd_and_haproxy
     }
 }
 
+#[test]
+fn mtlsd_bench_rotation_smoke_loads_a_daemon_fed_by_a_real_spire_in_both_phases() {
+    if mtlsd_e2e::spire::spire_bin().is_none() {
+        return;
+    }
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_mtlsd-bench"))
+            .args(["rotation", "--rounds", "1", "--secs", "2", "--ttl", "4"])
+            .args(["--concurrency", "2", "--no-pin"]),
+    );
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    for phase in ["steady", "rotating"] {
+        let p = &report[phase][0];
+        assert!(p["handshakes"].as_u64().is_some_and(|n| n > 0), "{p}");
+        assert_eq!(p["failures"], 0, "{p}");
+        assert!(
+            p["stream_round_trips"].as_u64().is_some_and(|n| n > 0),
+            "{p}"
+        );
+        assert!(p["handshake_p99_ms"].is_number(), "{p}");
+        assert!(p["server_cpu_us_per_handshake"].is_number(), "{p}");
+    }
+    // The steady server SVID lives an hour: its phase sees one certificate and no update.
+    assert_eq!(report["steady"][0]["server_serials_seen"], 1);
+    assert_eq!(report["steady"][0]["workload_api_updates_applied"], 0);
+}
+
 /// A fresh directory under the system temp dir, unique to this test process.
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mtlsd-bench-smoke-{}", std::process::id()));
