@@ -28,13 +28,12 @@ pub struct Spec {
     /// The client offers only X25519 (what OpenSSL 3.0 peers negotiate); otherwise rustls'
     /// default offer, which prefers X25519MLKEM768.
     pub x25519_only: bool,
-    /// mtlsd with its audit trail on (`fsync = "interval"`), to price it against plain mtlsd
-    /// (the `http` workload; elsewhere it runs as `mtlsd-x25519`).
+    /// mtlsd with its audit trail on (`fsync = "interval"`), to price it against mtlsd-x25519.
     pub audit: bool,
 }
 
-/// The contenders `--compare auto` runs; `mtlsd-audit` (the `http` workload's audit-trail
-/// variant) is accepted by name only.
+/// The contenders `--compare auto` runs; `mtlsd-audit` (mtlsd-x25519 with the audit trail
+/// on) is accepted by name only.
 pub const ALL: &[&str] = &["mtlsd", "mtlsd-x25519", "haproxy", "nginx", "stunnel"];
 
 impl Spec {
@@ -166,6 +165,22 @@ pub struct Running {
     server: Server,
 }
 
+/// `[audit]` for `mtlsd-audit` (a record per admitted and closed connection and per request,
+/// synced once a second, in the PKI's directory); nothing otherwise.
+fn audit_toml(pki: &Pki, audit: bool) -> String {
+    if !audit {
+        return String::new();
+    }
+    let file = pki
+        .dir
+        .path()
+        .join(format!("audit-{}.jsonl", free_port().port()));
+    format!(
+        "[audit]\nfile = \"{}\"\nfsync = \"interval\"\n",
+        display(&file)
+    )
+}
+
 /// A loopback port nobody listens on right now.
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -177,7 +192,7 @@ impl Running {
     /// Starts `spec` and waits (bounded) until both its listeners accept connections.
     pub fn start(spec: &Spec, setup: &Setup<'_>) -> Result<Self, String> {
         if spec.kind == Kind::Mtlsd {
-            return Ok(Self::start_mtlsd(setup));
+            return Ok(Self::start_mtlsd(setup, spec.audit));
         }
         let (echo, bulk) = (free_port(), free_port());
         let server =
@@ -207,7 +222,7 @@ impl Running {
         Ok(Self { echo, bulk, server })
     }
 
-    fn start_mtlsd(setup: &Setup<'_>) -> Self {
+    fn start_mtlsd(setup: &Setup<'_>, audit: bool) -> Self {
         let pki = setup.pki;
         let limits = format!(
             "\n[limits]\nmax_connections = {}\n",
@@ -215,6 +230,7 @@ impl Running {
         );
         let daemon = Daemon::start(
             &(identity_toml(pki, setup.server)
+                + &audit_toml(pki, audit)
                 + &limits
                 + &pki.inbound("echo", setup.echo, "")
                 + &pki.inbound("bulk", setup.sink, "")),
@@ -432,20 +448,7 @@ impl HttpRunning {
             aud = s.audience,
             jwks = display(s.jwks),
         );
-        // A record per admitted, closed connection and per request, synced once a second.
-        let audit = if audit {
-            let file = s
-                .pki
-                .dir
-                .path()
-                .join(format!("audit-{}.jsonl", free_port().port()));
-            format!(
-                "[audit]\nfile = \"{}\"\nfsync = \"interval\"\n",
-                display(&file)
-            )
-        } else {
-            String::new()
-        };
+        let audit = audit_toml(s.pki, audit);
         let config = identity_toml(s.pki, s.server)
             + &audit
             + &s.pki.inbound("plain", s.upstream, &plain)

@@ -35,27 +35,55 @@ impl Default for Head {
 /// Appends the record whose JSON object is `record` (`{...}`) to the chain at `head`:
 /// returns the line (without newline) and moves `head` to it.
 pub fn seal(record: &str, head: &mut Head) -> String {
-    let inner = record
-        .trim()
-        .strip_prefix('{')
-        .and_then(|r| r.strip_suffix('}'))
-        .unwrap_or("");
+    let mut line = Vec::new();
+    seal_into(record.as_bytes(), head, &mut line);
+    line.pop(); // the newline
+    String::from_utf8(line).unwrap_or_default()
+}
+
+/// [`seal`] for the writer: appends the line and its newline to `out`, allocating nothing
+/// once `out` and `head` have grown to size.
+pub fn seal_into(record: &[u8], head: &mut Head, out: &mut Vec<u8>) {
+    let inner = record.trim_ascii();
+    let inner = inner
+        .strip_prefix(b"{")
+        .and_then(|r| r.strip_suffix(b"}"))
+        .unwrap_or(b"");
+    let start = out.len();
     let seq = head.seq + 1;
-    let sep = if inner.is_empty() { "" } else { "," };
-    let body = format!("{{\"seq\":{seq}{sep}{inner},\"prev\":\"{}\"", head.hash);
-    let hash = digest(&body);
-    *head = Head {
-        seq,
-        hash: hash.clone(),
-    };
-    format!("{body}{HASH_FIELD}{hash}\"}}")
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    if !inner.is_empty() {
+        out.push(b',');
+        out.extend_from_slice(inner);
+    }
+    out.extend_from_slice(b",\"prev\":\"");
+    out.extend_from_slice(head.hash.as_bytes());
+    out.push(b'"');
+    let mut hex = [0u8; 64];
+    digest_into(&out[start..], &mut hex);
+    let hex = std::str::from_utf8(&hex).unwrap_or(GENESIS);
+    head.seq = seq;
+    head.hash.clear();
+    head.hash.push_str(hex);
+    out.extend_from_slice(HASH_FIELD.as_bytes());
+    out.extend_from_slice(hex.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+}
+
+/// The hex SHA-256 of `body` followed by `}`, into `hex`.
+fn digest_into(body: &[u8], hex: &mut [u8; 64]) {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(body);
+    ctx.update(b"}");
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(ctx.finish(), hex);
 }
 
 fn digest(body: &str) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(body.as_bytes());
-    ctx.update(b"}");
-    hex::encode(ctx.finish())
+    let mut hex = [0u8; 64];
+    digest_into(body.as_bytes(), &mut hex);
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 /// The head a line leaves the chain at, if the line is a well-formed, self-consistent record.
@@ -166,6 +194,41 @@ pub fn verify(files: &[&Path]) -> Result<Verified, Broken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_line_is_seq_record_prev_and_the_sha256_of_all_that() {
+        let mut head = Head::default();
+        let mut out = b"earlier\n".to_vec();
+        let mut prev = GENESIS.to_owned();
+        for (seq, record, inner) in [
+            (1, "{\"n\":1}", ",\"n\":1"),
+            (2, " {} ", ""),
+            (3, "{\"s\":\"x\"}", ",\"s\":\"x\""),
+        ] {
+            let from = out.len();
+            seal_into(record.as_bytes(), &mut head, &mut out);
+            let body = format!("{{\"seq\":{seq}{inner},\"prev\":\"{prev}\"");
+            let hash = hex::encode(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                format!("{body}}}").as_bytes(),
+            ));
+            let line = format!("{body},\"hash\":\"{hash}\"}}");
+            assert_eq!(
+                std::str::from_utf8(&out[from..]).unwrap(),
+                format!("{line}\n")
+            );
+            assert_eq!(
+                head,
+                Head {
+                    seq,
+                    hash: hash.clone()
+                }
+            );
+            assert_eq!(head_of(&line).unwrap(), head);
+            prev = hash;
+        }
+        assert!(out.starts_with(b"earlier\n"));
+    }
 
     fn chain(n: usize) -> Vec<String> {
         let mut head = Head::default();
