@@ -229,3 +229,57 @@ async fn permissive_mode_forwards_plaintext_only_when_policy_admits_unauthentica
     }
     assert_eq!(upstream.connections(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_gives_its_copy_buffers_back_and_keeps_working() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let daemon = Daemon::start(
+        &(identity_toml(&pki, &pki.issue(&pki.id("/web")))
+            + "[admin]\nlisten = \"127.0.0.1:0\"\n"
+            + &pki.inbound("web", upstream.addr, "")),
+    );
+    let held = || {
+        let (_, text) = admin_request(daemon.admin_addr(), "/metrics", None);
+        let series = "mtlsd_copy_buffer_bytes{listener=\"web\",direction=\"inbound\"}";
+        metric(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    let mut tls = tls_connect(daemon.addr("web"), pki.client("/frontend"))
+        .await
+        .unwrap();
+    // 4 MiB sent and nothing read: the echo fills every socket buffer on the way back, so
+    // the daemon holds bytes it cannot deliver, in a buffer.
+    let chunk = vec![5u8; 64 * 1024];
+    let (mut read, mut write) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        for _ in 0..64 {
+            write.write_all(&chunk).await.unwrap();
+        }
+        write
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while held() <= 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no buffer held while blocked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut back = vec![0u8; 64 * 64 * 1024];
+    read.read_exact(&mut back).await.unwrap();
+    assert!(back.iter().all(|b| *b == 5));
+    tls = read.unsplit(writer.await.unwrap());
+    // Idle with the connection open: both directions give their buffers back.
+    while held() != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "buffers held while idle: {}",
+            held()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        echo_round_trip(&mut tls, b"still here").await.unwrap(),
+        b"still here"
+    );
+}

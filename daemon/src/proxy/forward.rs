@@ -306,6 +306,12 @@ impl<IO> TlsQueue for tokio_rustls::client::TlsStream<IO> {
     }
 }
 
+impl<T: TlsQueue + ?Sized> TlsQueue for Box<T> {
+    fn release_queued(&mut self) -> bool {
+        (**self).release_queued()
+    }
+}
+
 /// When bytes last moved on a connection, shared by both directions.
 struct Activity {
     epoch: Instant,

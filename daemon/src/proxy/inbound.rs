@@ -127,7 +127,10 @@ impl Inbound {
         let local = stream.local_addr().unwrap_or(self.config.listen);
         let _ = stream.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
-        let admitted = timeout_at(deadline, self.admit(stream, src))
+        // The handshake's state (ClientHello, rustls' handshake, the policy) lives on the heap
+        // and is freed when it ends: inline, it would size this future, which an idle
+        // connection holds for its whole life, at several KiB.
+        let admitted = timeout_at(deadline, Box::pin(self.admit(stream, src)))
             .await
             .map_err(|_| {
                 Refusal::new(
@@ -150,17 +153,17 @@ impl Inbound {
         };
         let peer_serial = facts.as_ref().and_then(PeerFacts::leaf_serial);
         // On the record before the first byte moves (and on disk first, with every_record).
-        conn.decisions
-            .record_durably(DecisionRecord {
-                src: src.to_string(),
-                peer_id: Some(peer_id.clone()),
-                peer_serial: peer_serial.clone(),
-                outcome: "allow",
-                decision: "allow".to_owned(),
-                rule: Some(rule.clone()),
-                ..DecisionRecord::new("admitted", &self.config.name, Direction::Inbound.as_str())
-            })
-            .await;
+        // Boxed: the record's room is needed only until it is queued (or on disk).
+        Box::pin(conn.decisions.record_durably(DecisionRecord {
+            src: src.to_string(),
+            peer_id: Some(peer_id.clone()),
+            peer_serial: peer_serial.clone(),
+            outcome: "allow",
+            decision: "allow".to_owned(),
+            rule: Some(rule.clone()),
+            ..DecisionRecord::new("admitted", &self.config.name, Direction::Inbound.as_str())
+        }))
+        .await;
         // Registered so a policy, CRL or bundle change re-checks it while it is open.
         let registration = facts.map(|facts| {
             conn.live.register(
@@ -174,8 +177,8 @@ impl Inbound {
         let stop = registration.as_ref().map_or(hard_stop, Registration::token);
         let mut forwarded = match (&self.http, &admitted) {
             (Some(http), Admitted::Tls { .. }) => {
-                self.serve_http(http.clone(), admitted, src, &conn, stop)
-                    .await
+                // Boxed for the same reason: a plain TCP connection should not carry HTTP's size.
+                Box::pin(self.serve_http(http.clone(), admitted, src, &conn, stop)).await
             }
             _ => match self.connect_upstream().await {
                 Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, stop).await,

@@ -79,31 +79,35 @@ impl Outbound {
         let started = Instant::now();
         let _ = local.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
-        let (remote, kind) = timeout_at(deadline, self.dial()).await.map_err(|_| {
-            Refusal::new(
-                RefuseReason::HandshakeTimeout,
-                format!(
-                    "{}: no verified server within handshake_timeout",
-                    self.config.connect
-                ),
-            )
-        })??;
+        // On the heap only while it runs: see the inbound handshake.
+        let (remote, kind) =
+            timeout_at(deadline, Box::pin(self.dial()))
+                .await
+                .map_err(|_| {
+                    Refusal::new(
+                        RefuseReason::HandshakeTimeout,
+                        format!(
+                            "{}: no verified server within handshake_timeout",
+                            self.config.connect
+                        ),
+                    )
+                })??;
         let chain = remote.get_ref().1.peer_certificates().unwrap_or_default();
         let facts = PeerFacts::of(self.config.server_id.clone(), chain);
         let peer_serial = facts.leaf_serial();
         let src = local
             .peer_addr()
             .map_or_else(|_| String::new(), |a| a.to_string());
-        conn.decisions
-            .record_durably(DecisionRecord {
-                src,
-                peer_id: Some(self.config.server_id.to_string()),
-                peer_serial: peer_serial.clone(),
-                outcome: "allow",
-                decision: "allow".to_owned(),
-                ..DecisionRecord::new("admitted", &self.config.name, Direction::Outbound.as_str())
-            })
-            .await;
+        // Boxed: the record's room is needed only until it is queued (or on disk).
+        Box::pin(conn.decisions.record_durably(DecisionRecord {
+            src,
+            peer_id: Some(self.config.server_id.to_string()),
+            peer_serial: peer_serial.clone(),
+            outcome: "allow",
+            decision: "allow".to_owned(),
+            ..DecisionRecord::new("admitted", &self.config.name, Direction::Outbound.as_str())
+        }))
+        .await;
         let registration = conn.live.register(
             &self.config.name,
             Direction::Outbound,
@@ -134,7 +138,10 @@ impl Outbound {
     }
 
     /// Connects to the remote and completes an mTLS handshake with the expected server.
-    async fn dial(&self) -> Result<(TlsStream<TcpStream>, HandshakeKind), Refusal> {
+    ///
+    /// The stream is boxed: it is moved into the copy loop, and each move of its 1 KiB
+    /// inline would take another copy's room in the connection's future.
+    async fn dial(&self) -> Result<(Box<TlsStream<TcpStream>>, HandshakeKind), Refusal> {
         let _slot = self.state.handshake_slot().await;
         let unavailable = |detail: String| {
             Refusal::new(
@@ -170,6 +177,6 @@ impl Outbound {
         peer::check_chain(chain, &self.state.revocations, kind != HandshakeKind::Full)
             .map_err(|r| r.with_peer(self.config.server_id.as_str()))?;
         self.state.metrics.handshake(kind, started.elapsed());
-        Ok((tls, kind))
+        Ok((Box::new(tls), kind))
     }
 }
