@@ -30,20 +30,31 @@ pub struct Spec {
     pub x25519_only: bool,
     /// mtlsd with its audit trail on (`fsync = "interval"`), to price it against mtlsd-x25519.
     pub audit: bool,
+    /// A baseline without TLS: the same accept, upstream connect, bytes and close over plain
+    /// TCP (`mtlsd-plain`: a permissive listener admitting `unauthenticated`; `haproxy-tcp`).
+    pub plain: bool,
 }
 
 /// The contenders `--compare auto` runs; `mtlsd-audit` (mtlsd-x25519 with the audit trail
 /// on) is accepted by name only.
-pub const ALL: &[&str] = &["mtlsd", "mtlsd-x25519", "haproxy", "nginx", "stunnel"];
+pub const ALL: &[&str] = &[
+    "mtlsd",
+    "mtlsd-x25519",
+    "haproxy",
+    "nginx",
+    "stunnel",
+    "mtlsd-plain",
+    "haproxy-tcp",
+];
 
 impl Spec {
     pub fn parse(name: &str) -> Result<Self, String> {
         let (kind, x25519_only) = match name {
             "mtlsd" => (Kind::Mtlsd, false),
-            "mtlsd-x25519" | "mtlsd-audit" => (Kind::Mtlsd, true),
+            "mtlsd-x25519" | "mtlsd-audit" | "mtlsd-plain" => (Kind::Mtlsd, true),
             // OpenSSL 3.0 has no ML-KEM: the peers negotiate X25519 whatever the client offers;
             // offering only X25519 keeps the client's own work (not measured) the same.
-            "haproxy" => (Kind::Haproxy, true),
+            "haproxy" | "haproxy-tcp" => (Kind::Haproxy, true),
             "nginx" => (Kind::Nginx, true),
             "stunnel" => (Kind::Stunnel, true),
             other => {
@@ -58,6 +69,7 @@ impl Spec {
             kind,
             x25519_only,
             audit: name == "mtlsd-audit",
+            plain: matches!(name, "mtlsd-plain" | "haproxy-tcp"),
         })
     }
 
@@ -192,14 +204,14 @@ impl Running {
     /// Starts `spec` and waits (bounded) until both its listeners accept connections.
     pub fn start(spec: &Spec, setup: &Setup<'_>) -> Result<Self, String> {
         if spec.kind == Kind::Mtlsd {
-            return Ok(Self::start_mtlsd(setup, spec.audit));
+            return Ok(Self::start_mtlsd(setup, spec));
         }
         let (echo, bulk) = (free_port(), free_port());
         let server =
             Server::spawn_peer(spec, setup.pki, setup.cpu, &[echo, bulk], |d, command| {
                 match spec.kind {
                     Kind::Haproxy => {
-                        let cfg = haproxy_config(setup, d, echo, bulk)?;
+                        let cfg = haproxy_config(setup, d, echo, bulk, spec.plain)?;
                         command.args(["-db", "-f"]).arg(cfg);
                     }
                     Kind::Nginx => {
@@ -222,18 +234,33 @@ impl Running {
         Ok(Self { echo, bulk, server })
     }
 
-    fn start_mtlsd(setup: &Setup<'_>, audit: bool) -> Self {
+    fn start_mtlsd(setup: &Setup<'_>, spec: &Spec) -> Self {
         let pki = setup.pki;
+        // The plain baseline: a first byte that is not TLS makes the peer `unauthenticated`.
+        let inbound = |name: &str, forward: SocketAddr| {
+            let table = pki.inbound(name, forward, "");
+            if spec.plain {
+                let at = table.find("allow = [").expect("an allow list");
+                let end = at + table[at..].find(']').expect("the allow list's end") + 1;
+                format!(
+                    "{}mode = \"permissive\"\nallow = [\"unauthenticated\"]{}",
+                    &table[..at],
+                    &table[end..]
+                )
+            } else {
+                table
+            }
+        };
         let limits = format!(
             "\n[limits]\nmax_connections = {}\n",
             setup.max_connections.max(10_000)
         );
         let daemon = Daemon::start(
             &(identity_toml(pki, setup.server)
-                + &audit_toml(pki, audit)
+                + &audit_toml(pki, spec.audit)
                 + &limits
-                + &pki.inbound("echo", setup.echo, "")
-                + &pki.inbound("bulk", setup.sink, "")),
+                + &inbound("echo", setup.echo)
+                + &inbound("bulk", setup.sink)),
         );
         if let Some(cpu) = setup.cpu {
             pin(daemon.pid(), cpu);
@@ -582,12 +609,16 @@ fn haproxy_config(
     dir: &Path,
     echo: SocketAddr,
     bulk: SocketAddr,
+    plain: bool,
 ) -> Result<PathBuf, String> {
     // HAProxy takes the chain and the key in one PEM file.
     let chain = std::fs::read_to_string(&s.server.cert).map_err(|e| e.to_string())?;
     let key = std::fs::read_to_string(&s.server.key).map_err(|e| e.to_string())?;
     let pem = write(dir.join("server.pem"), &(chain + &key))?;
     let bind = |addr: SocketAddr| {
+        if plain {
+            return format!("bind {addr}");
+        }
         format!(
             "bind {addr} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3",
             display(&pem),

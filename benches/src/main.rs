@@ -361,24 +361,26 @@ async fn measure(
     let x = outcome.spec.x25519_only;
     let full_config = workload::client_config(pki, client, x, false);
     let resume_config = workload::client_config(pki, client, x, true);
+    // The plain-TCP baselines: the same connections and bytes without TLS.
+    let plain = outcome.spec.plain;
+    let full = if plain {
+        workload::Dial::Plain
+    } else {
+        workload::Dial::Tls(full_config.clone())
+    };
+    let resume = workload::Dial::Tls(resume_config);
     let c = args.concurrency;
     let mut m = Metrics::new();
     let own_cpu = || contender::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
 
     // Warm-up: every contender has handshaken before anything is measured.
-    let warm = workload::storm(
-        running.echo,
-        full_config.clone(),
-        (args.handshakes / 10).max(2 * c),
-        c,
-    )
-    .await?;
+    let warm = workload::storm(running.echo, &full, (args.handshakes / 10).max(2 * c), c).await?;
     outcome.group = warm.group;
     outcome.suite = warm.suite;
 
     if args.handshakes > 0 {
         let (server0, client0) = (running.cpu_seconds(), own_cpu());
-        let s = workload::storm(running.echo, full_config.clone(), args.handshakes, c).await?;
+        let s = workload::storm(running.echo, &full, args.handshakes, c).await?;
         let (server, client) = (running.cpu_seconds() - server0, own_cpu() - client0);
         let n = f64::from(s.connections);
         m.insert("server_cpu_us_per_full_handshake".into(), server * 1e6 / n);
@@ -387,11 +389,11 @@ async fn measure(
         m.insert("full_fraction".into(), f64::from(s.full) / n);
     }
 
-    if args.resumed > 0 {
+    if args.resumed > 0 && !plain {
         // Fill the session cache, then measure reconnects.
-        workload::storm(running.echo, resume_config.clone(), 4 * c, c).await?;
+        workload::storm(running.echo, &resume, 4 * c, c).await?;
         let server0 = running.cpu_seconds();
-        let s = workload::storm(running.echo, resume_config.clone(), args.resumed, c).await?;
+        let s = workload::storm(running.echo, &resume, args.resumed, c).await?;
         let server = running.cpu_seconds() - server0;
         let n = f64::from(s.connections);
         m.insert(
@@ -402,7 +404,8 @@ async fn measure(
         m.insert("resumed_fraction".into(), f64::from(s.resumed) / n);
     }
 
-    for &rps in &args.latency_rps {
+    // Latency is taken through TLS only: the baselines price connections and bytes.
+    for &rps in args.latency_rps.iter().filter(|_| !plain) {
         let l = workload::fixed_rate(
             running.echo,
             full_config.clone(),
@@ -425,7 +428,7 @@ async fn measure(
 
     if args.idle > 0 {
         let before = running.rss_kib();
-        let held = workload::hold_idle(running.echo, full_config.clone(), args.idle, c).await?;
+        let held = workload::hold_idle(running.echo, &full, args.idle, c).await?;
         let after = running.rss_kib();
         m.insert("idle_rss_before_kib".into(), before as f64);
         m.insert("idle_rss_held_kib".into(), after as f64);
@@ -439,7 +442,7 @@ async fn measure(
     if args.bulk_mb > 0 {
         let bytes = args.bulk_mb * 1024 * 1024;
         let server0 = running.cpu_seconds();
-        let wall = workload::bulk(running.bulk, full_config, bytes).await?;
+        let wall = workload::bulk(running.bulk, &full, bytes).await?;
         let server = running.cpu_seconds() - server0;
         let gib = bytes as f64 / (1024.0 * 1024.0 * 1024.0);
         m.insert("bulk_mib_per_s".into(), gib * 1024.0 / wall.as_secs_f64());

@@ -245,7 +245,7 @@ async fn one(kind: Kind, ctx: &Ctx) -> Result<(Option<HandshakeKind>, u64), Stri
         }
         Kind::Bulk => {
             let bytes = ctx.args.bulk_mib * 1024 * 1024;
-            workload::bulk(ctx.args.bulk, ctx.full.clone(), bytes).await?;
+            workload::bulk(ctx.args.bulk, &workload::Dial::Tls(ctx.full.clone()), bytes).await?;
             Ok((Some(HandshakeKind::Full), bytes))
         }
     }

@@ -14,7 +14,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 /// A TLS 1.3 rustls client presenting `client`, trusting the PKI's bundle.
 ///
@@ -61,6 +60,65 @@ pub fn client_config_with_bundle(
     Arc::new(config)
 }
 
+/// How the load client reaches a contender.
+#[derive(Clone)]
+pub enum Dial {
+    /// TLS 1.3 with our client certificate.
+    Tls(Arc<ClientConfig>),
+    /// Plain TCP: the baselines without TLS (`mtlsd-plain`, `haproxy-tcp`).
+    Plain,
+}
+
+/// A client connection of either kind.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// An open connection and what its handshake negotiated.
+pub struct Connected {
+    pub stream: Box<dyn Conn>,
+    pub resumed: bool,
+    /// Key-exchange group and cipher suite (`plain TCP` without TLS).
+    pub group: String,
+    pub suite: String,
+}
+
+impl Dial {
+    /// Connects (and, with TLS, completes the mTLS handshake with `localhost`).
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<Connected> {
+        match self {
+            Self::Tls(config) => {
+                let tls = tls_connect(addr, config.clone()).await?;
+                let conn = tls.get_ref().1;
+                let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+                let group = conn
+                    .negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name()))
+                    .unwrap_or_default();
+                let suite = conn
+                    .negotiated_cipher_suite()
+                    .map(|s| format!("{:?}", s.suite()))
+                    .unwrap_or_default();
+                Ok(Connected {
+                    stream: Box::new(tls),
+                    resumed,
+                    group,
+                    suite,
+                })
+            }
+            Self::Plain => {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                Ok(Connected {
+                    stream: Box::new(tcp),
+                    resumed: false,
+                    group: "plain TCP".into(),
+                    suite: "plain TCP".into(),
+                })
+            }
+        }
+    }
+}
+
 /// What a handshake storm did, as the client saw it.
 #[derive(Debug, Default, Clone)]
 pub struct Storm {
@@ -73,11 +131,12 @@ pub struct Storm {
     pub suite: String,
 }
 
-/// `n` connections over `concurrency` clients: connect, TLS 1.3 mTLS handshake, one byte through
-/// the echo upstream and back (which also reads the tickets the server sent), close.
+/// `n` connections over `concurrency` clients: connect, TLS 1.3 mTLS handshake (none with
+/// [`Dial::Plain`]), one byte through the echo upstream and back (which also reads the
+/// tickets the server sent), close.
 pub async fn storm(
     addr: SocketAddr,
-    config: Arc<ClientConfig>,
+    dial: &Dial,
     n: u32,
     concurrency: u32,
 ) -> Result<Storm, String> {
@@ -85,27 +144,22 @@ pub async fn storm(
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let config = config.clone();
+            let dial = dial.clone();
             tokio::spawn(async move {
                 let mut out = Storm::default();
                 for _ in 0..per_task {
-                    let mut tls = tls_connect(addr, config.clone())
+                    let mut c = dial
+                        .connect(addr)
                         .await
                         .map_err(|e| format!("handshake with {addr}: {e}"))?;
-                    let conn = tls.get_ref().1;
-                    match conn.handshake_kind() {
-                        Some(HandshakeKind::Resumed) => out.resumed += 1,
-                        _ => out.full += 1,
+                    if c.resumed {
+                        out.resumed += 1;
+                    } else {
+                        out.full += 1;
                     }
-                    out.group = conn
-                        .negotiated_key_exchange_group()
-                        .map(|g| format!("{:?}", g.name()))
-                        .unwrap_or_default();
-                    out.suite = conn
-                        .negotiated_cipher_suite()
-                        .map(|s| format!("{:?}", s.suite()))
-                        .unwrap_or_default();
-                    round_trip(&mut tls, b"x")
+                    out.group = c.group;
+                    out.suite = c.suite;
+                    round_trip(&mut c.stream, b"x")
                         .await
                         .map_err(|e| format!("echo through {addr}: {e}"))?;
                     out.connections += 1;
@@ -235,25 +289,26 @@ pub async fn fixed_rate(
 /// with one echoed byte) and returns them, to be held while the server's RSS is read.
 pub async fn hold_idle(
     addr: SocketAddr,
-    config: Arc<ClientConfig>,
+    dial: &Dial,
     n: u32,
     concurrency: u32,
-) -> Result<Vec<TlsStream<TcpStream>>, String> {
+) -> Result<Vec<Box<dyn Conn>>, String> {
     let per_task = n.div_ceil(concurrency.max(1));
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|i| {
-            let config = config.clone();
+            let dial = dial.clone();
             let count = per_task.min(n.saturating_sub(i * per_task));
             tokio::spawn(async move {
                 let mut held = Vec::with_capacity(count as usize);
                 for _ in 0..count {
-                    let mut tls = tls_connect(addr, config.clone())
+                    let mut c = dial
+                        .connect(addr)
                         .await
                         .map_err(|e| format!("handshake with {addr}: {e}"))?;
-                    round_trip(&mut tls, b"i")
+                    round_trip(&mut c.stream, b"i")
                         .await
                         .map_err(|e| format!("echo through {addr}: {e}"))?;
-                    held.push(tls);
+                    held.push(c.stream);
                 }
                 Ok::<_, String>(held)
             })
@@ -268,14 +323,12 @@ pub async fn hold_idle(
 
 /// One connection carrying `bytes` to the counting sink (after an 8-byte length), which answers
 /// with the count it received. Returns the wall time from the first byte to the answer.
-pub async fn bulk(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    bytes: u64,
-) -> Result<Duration, String> {
-    let mut tls = tls_connect(addr, config)
+pub async fn bulk(addr: SocketAddr, dial: &Dial, bytes: u64) -> Result<Duration, String> {
+    let mut tls = dial
+        .connect(addr)
         .await
-        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        .map_err(|e| format!("handshake with {addr}: {e}"))?
+        .stream;
     let chunk = vec![0x5au8; 64 * 1024];
     let start = Instant::now();
     tls.write_all(&bytes.to_be_bytes())

@@ -45,7 +45,15 @@ fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
     if std::env::var_os("CI").is_some() {
         assert_eq!(
             names,
-            ["mtlsd", "mtlsd-x25519", "haproxy", "nginx", "stunnel"]
+            [
+                "mtlsd",
+                "mtlsd-x25519",
+                "haproxy",
+                "nginx",
+                "stunnel",
+                "mtlsd-plain",
+                "haproxy-tcp"
+            ]
         );
     }
     assert_eq!(report["baseline"], "mtlsd-x25519");
@@ -64,11 +72,24 @@ fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
         assert!(report[key].is_string(), "{key} in {report}");
     }
     assert!(report["machine"]["cores"].is_u64());
+    let plain = |c: &Value| matches!(c["name"].as_str(), Some("mtlsd-plain" | "haproxy-tcp"));
+    assert!(
+        contenders.iter().any(plain),
+        "the plain-TCP baseline is a row: {names:?}"
+    );
     for c in contenders {
         for key in ["software", "negotiated_group", "cipher_suite"] {
             assert!(c[key].is_string(), "{key} in {c}");
         }
-        for figure in FIGURES {
+        // The baselines without TLS have no resumption and no latency run.
+        let tls_only = |f: &str| f.contains("resumed") || f.contains("latency");
+        if plain(c) {
+            assert_eq!(c["negotiated_group"], "plain TCP", "{c}");
+            for figure in FIGURES.iter().filter(|f| tls_only(f)) {
+                assert!(c["median"][figure].is_null(), "{figure} in {c}");
+            }
+        }
+        for figure in FIGURES.iter().filter(|f| !plain(c) || !tls_only(f)) {
             for stat in ["median", "min", "max"] {
                 assert!(c[stat][figure].is_number(), "{stat}.{figure} in {c}");
             }
@@ -88,8 +109,11 @@ fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
     ] {
         let svg = std::fs::read_to_string(charts.join(format!("{figure}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        for name in &names {
-            assert!(svg.contains(&format!(">{name}<")), "{name} in {figure}.svg");
+        for c in contenders {
+            let name = c["name"].as_str().unwrap();
+            let drawn = svg.contains(&format!(">{name}<"));
+            let expected = !(plain(c) && figure.contains("resumed"));
+            assert_eq!(drawn, expected, "{name} in {figure}.svg");
         }
     }
 
