@@ -16,6 +16,7 @@ mod flood;
 mod http;
 mod rotation;
 mod rtt;
+mod slowkey;
 mod soak;
 // The RS256 half is for the criterion `authz` benchmark.
 #[allow(dead_code)]
@@ -125,6 +126,9 @@ enum Sub {
     /// Handshake latency, throughput and server CPU while SPIRE rotates the daemon's SVID every
     /// few seconds, against the same load with no rotation (starts SPIRE and mtlsd).
     Rotation(rotation::Args),
+    /// Handshakes and an established stream while every signature takes 5 ms longer
+    /// (`simulate_latency`), against the same load without it (starts its own mtlsd).
+    Slowkey(slowkey::Args),
 }
 
 impl Args {
@@ -227,6 +231,7 @@ async fn main() {
             Sub::Flood(args) => flood::run(args).await,
             Sub::Http(args) => http::run(args).await,
             Sub::Rotation(args) => rotation::run(args).await,
+            Sub::Slowkey(args) => slowkey::run(args).await,
         };
         if let Err(e) = result {
             eprintln!("mtlsd-bench: {e}");

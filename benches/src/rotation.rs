@@ -13,7 +13,6 @@
 //! The agent streams every SVID of the workload in each update, so the `/rotating` entry
 //! exists only during rotating phases: the steady phase sees no update at all.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use mtlsd_e2e::spire::{
     ServerOpts, SpireAgent, SpireServer, fetch_x509, spire_bin, svid_files, uid_selector,
     wait_for_svid, write_x509,
 };
-use mtlsd_e2e::{Daemon, WAIT, echo_round_trip, echo_upstream, tls_connect};
+use mtlsd_e2e::{Daemon, WAIT, echo_upstream};
 use rustls::client::Resumption;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
@@ -32,7 +31,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 use crate::contender::pin;
-use crate::workload::Latencies;
+use crate::workload::{Latencies, timed_storm, timed_stream};
 
 const TRUST_DOMAIN: &str = "bench.test";
 
@@ -63,14 +62,6 @@ pub struct Args {
     /// Where to write the JSON report.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
-}
-
-/// What the clients saw in one phase.
-#[derive(Default)]
-struct Load {
-    handshake_ms: Vec<f64>,
-    failures: Vec<String>,
-    serials: BTreeSet<Vec<u8>>,
 }
 
 /// The client side: our `/client` SVID, and the SPIFFE check of the server `expected`.
@@ -119,88 +110,6 @@ fn start_daemon(agent: &SpireAgent, server: &SpireServer, id: &str, echo: Socket
     ))
 }
 
-/// `concurrency` clients handshaking against `addr` until `until`.
-async fn handshakes(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    concurrency: u32,
-    until: Instant,
-) -> Load {
-    let tasks: Vec<_> = (0..concurrency.max(1))
-        .map(|_| {
-            let config = config.clone();
-            tokio::spawn(async move {
-                let mut load = Load::default();
-                // Bounded by time, and by count should the clock misbehave.
-                for _ in 0..10_000_000u64 {
-                    if Instant::now() >= until {
-                        break;
-                    }
-                    let started = Instant::now();
-                    let attempt = async {
-                        let mut tls = tls_connect(addr, config.clone()).await?;
-                        let serial = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|leaf| leaf.as_ref().to_vec());
-                        echo_round_trip(&mut tls, b"x").await?;
-                        Ok::<_, std::io::Error>(serial)
-                    };
-                    match tokio::time::timeout(WAIT, attempt).await {
-                        Ok(Ok(leaf)) => {
-                            load.handshake_ms
-                                .push(started.elapsed().as_secs_f64() * 1000.0);
-                            load.serials.extend(leaf);
-                        }
-                        Ok(Err(e)) => load.failures.push(format!("handshake: {e}")),
-                        Err(_) => load.failures.push(format!("handshake over {WAIT:?}")),
-                    }
-                }
-                load
-            })
-        })
-        .collect();
-    let mut total = Load::default();
-    for task in tasks {
-        let load = task.await.expect("a client task");
-        total.handshake_ms.extend(load.handshake_ms);
-        total.failures.extend(load.failures);
-        total.serials.extend(load.serials);
-    }
-    total
-}
-
-/// One stream open for the whole phase: a byte echoed every 20 ms, each round trip in µs.
-async fn stream(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    until: Instant,
-) -> (Vec<f64>, Vec<String>) {
-    let mut tls = match tls_connect(addr, config).await {
-        Ok(tls) => tls,
-        Err(e) => return (Vec::new(), vec![format!("the stream's handshake: {e}")]),
-    };
-    let mut rtts = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    while Instant::now() < until && rtts.len() < 1_000_000 {
-        tick.tick().await;
-        let started = Instant::now();
-        match tokio::time::timeout(WAIT, echo_round_trip(&mut tls, b"s")).await {
-            Ok(Ok(_)) => rtts.push(started.elapsed().as_secs_f64() * 1e6),
-            Ok(Err(e)) => return (rtts, vec![format!("the stream dropped: {e}")]),
-            Err(_) => return (rtts, vec![format!("the stream stalled over {WAIT:?}")]),
-        }
-    }
-    (rtts, Vec::new())
-}
-
-fn latencies(mut values: Vec<f64>) -> Latencies {
-    values.sort_by(f64::total_cmp);
-    Latencies { sorted_us: values }
-}
-
 /// Runs one phase against a daemon serving `id`.
 async fn phase(
     args: &Args,
@@ -218,8 +127,8 @@ async fn phase(
     let until = Instant::now() + Duration::from_secs(args.secs);
     let cpu0 = crate::contender::cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")?;
     let (load, (rtts, stream_failures)) = tokio::join!(
-        handshakes(addr, config.clone(), args.concurrency, until),
-        stream(addr, config, until),
+        timed_storm(addr, config.clone(), args.concurrency, until),
+        timed_stream(addr, config, until),
     );
     let cpu = crate::contender::cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")? - cpu0;
     let updates = daemon
@@ -229,8 +138,8 @@ async fn phase(
         .logs_where(|l| l["message"] == "closing an open connection")
         .len();
     let n = load.handshake_ms.len();
-    let hs = latencies(load.handshake_ms);
-    let rtt = latencies(rtts);
+    let hs = Latencies::of(load.handshake_ms);
+    let rtt = Latencies::of(rtts);
     let mut failures = load.failures;
     failures.extend(stream_failures);
     Ok(json!({

@@ -2,12 +2,13 @@
 //! request/response echo, N held idle connections and one bulk transfer. Each workload only
 //! drives traffic and checks it; `main` samples the server's CPU and RSS around it.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mtlsd_e2e::{CertFiles, Pki, WAIT, tls_connect};
+use mtlsd_e2e::{CertFiles, Pki, WAIT, echo_round_trip, tls_connect};
 use rustls::client::Resumption;
 use rustls::{ClientConfig, HandshakeKind, RootCertStore};
 use rustls_pki_types::pem::PemObject;
@@ -203,6 +204,12 @@ pub struct Latencies {
 }
 
 impl Latencies {
+    /// Sorts `values`.
+    pub fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self { sorted_us: values }
+    }
+
     /// The `p` quantile (0..1), nearest rank.
     pub fn quantile(&self, p: f64) -> f64 {
         let n = self.sorted_us.len();
@@ -376,4 +383,92 @@ pub async fn sink(mut s: TcpStream) {
     let _ = s.write_all(&total.to_be_bytes()).await;
     // Wait for the proxy to close, so the count is not cut off by our close.
     let _ = s.read(&mut buf).await;
+}
+
+/// What [`timed_storm`]'s clients saw.
+#[derive(Default)]
+pub struct Load {
+    pub handshake_ms: Vec<f64>,
+    pub failures: Vec<String>,
+    /// The server leaf certificates (DER) they were shown.
+    pub serials: BTreeSet<Vec<u8>>,
+}
+
+/// `concurrency` clients doing full handshakes (plus one echoed byte) against `addr` until
+/// `until`: each handshake's time, every failure, and the server certificates seen.
+pub async fn timed_storm(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    concurrency: u32,
+    until: Instant,
+) -> Load {
+    let tasks: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let mut load = Load::default();
+                // Bounded by time, and by count should the clock misbehave.
+                for _ in 0..10_000_000u64 {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let attempt = async {
+                        let mut tls = tls_connect(addr, config.clone()).await?;
+                        let serial = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|leaf| leaf.as_ref().to_vec());
+                        echo_round_trip(&mut tls, b"x").await?;
+                        Ok::<_, std::io::Error>(serial)
+                    };
+                    match tokio::time::timeout(WAIT, attempt).await {
+                        Ok(Ok(leaf)) => {
+                            load.handshake_ms
+                                .push(started.elapsed().as_secs_f64() * 1000.0);
+                            load.serials.extend(leaf);
+                        }
+                        Ok(Err(e)) => load.failures.push(format!("handshake: {e}")),
+                        Err(_) => load.failures.push(format!("handshake over {WAIT:?}")),
+                    }
+                }
+                load
+            })
+        })
+        .collect();
+    let mut total = Load::default();
+    for task in tasks {
+        let load = task.await.expect("a client task");
+        total.handshake_ms.extend(load.handshake_ms);
+        total.failures.extend(load.failures);
+        total.serials.extend(load.serials);
+    }
+    total
+}
+
+/// One stream open until `until`: a byte echoed every 20 ms; each round trip in µs, and why
+/// it ended early, if it did.
+pub async fn timed_stream(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    until: Instant,
+) -> (Vec<f64>, Vec<String>) {
+    let mut tls = match tls_connect(addr, config).await {
+        Ok(tls) => tls,
+        Err(e) => return (Vec::new(), vec![format!("the stream's handshake: {e}")]),
+    };
+    let mut rtts = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while Instant::now() < until && rtts.len() < 1_000_000 {
+        tick.tick().await;
+        let started = Instant::now();
+        match tokio::time::timeout(WAIT, echo_round_trip(&mut tls, b"s")).await {
+            Ok(Ok(_)) => rtts.push(started.elapsed().as_secs_f64() * 1e6),
+            Ok(Err(e)) => return (rtts, vec![format!("the stream dropped: {e}")]),
+            Err(_) => return (rtts, vec![format!("the stream stalled over {WAIT:?}")]),
+        }
+    }
+    (rtts, Vec::new())
 }

@@ -204,6 +204,36 @@ fn mtlsd_bench_rotation_smoke_loads_a_daemon_fed_by_a_real_spire_in_both_phases(
     assert_eq!(report["steady"][0]["workload_api_updates_applied"], 0);
 }
 
+#[test]
+fn mtlsd_bench_slowkey_smoke_handshakes_with_and_without_a_slow_key() {
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_mtlsd-bench"))
+            .args([
+                "slowkey",
+                "--rounds",
+                "1",
+                "--secs",
+                "1",
+                "--concurrency",
+                "4",
+            ])
+            .arg("--no-pin"),
+    );
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    for (phase, latency) in [("no_latency", 0), ("with_latency", 5)] {
+        let p = &report[phase][0];
+        assert_eq!(p["latency_ms"], latency, "{p}");
+        assert!(p["handshakes"].as_u64().is_some_and(|n| n > 0), "{p}");
+        assert!(
+            p["stream_round_trips"].as_u64().is_some_and(|n| n > 0),
+            "{p}"
+        );
+        assert_eq!(p["failures"], 0, "{p}");
+    }
+    assert_eq!(report["device_ceiling_per_s"], 12_800.0);
+    assert!(report["slow_vs_cpu_ceiling"].is_number());
+}
+
 /// A fresh directory under the system temp dir, unique to this test process.
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mtlsd-bench-smoke-{}", std::process::id()));

@@ -1,0 +1,188 @@
+//! `mtlsd-bench slowkey`: what a slow key device does to handshakes and to everyone else.
+//!
+//! Round by round, one phase with the software key as it is and one with every signature
+//! delayed by `--latency-ms` (`[crypto] simulate_latency`, the same wrapper a device key goes
+//! through, `max_in_flight` as given): `--concurrency` clients do full mTLS handshakes plus
+//! one echoed byte for `--secs`, while one stream opened before them echoes a byte every 20 ms.
+//! Reports handshakes/s against both ceilings (the device's, `max_in_flight / latency`, and
+//! the CPU's, the handshakes/s of the phase without latency), handshake latency, server CPU per
+//! handshake and the stream's round-trip quantiles.
+
+use std::time::{Duration, Instant};
+
+use mtlsd_e2e::{Pki, echo_upstream};
+use serde_json::{Value, json};
+
+use crate::contender::{cpu_seconds, pin};
+use crate::workload::{Latencies, timed_storm, timed_stream};
+
+/// Options of `slowkey`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rounds; each runs a phase without and one with the latency.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Seconds of load per phase.
+    #[arg(long, default_value_t = 15)]
+    secs: u64,
+    /// Latency added to every signature, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    latency_ms: u64,
+    /// `[crypto] max_in_flight`: signatures the device may work on at once.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: u32,
+    /// Concurrent handshaking clients (more than `max_in_flight` keeps the device full).
+    #[arg(long, default_value_t = 96)]
+    concurrency: u32,
+    /// Core to pin the daemon to.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// Core to pin this client to.
+    #[arg(long, default_value_t = 1)]
+    client_cpu: usize,
+    /// Leave everything unpinned.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+}
+
+/// One phase against a fresh daemon whose signatures take `latency` longer.
+async fn phase(args: &Args, pki: &Pki, latency: Duration) -> Result<Value, String> {
+    let upstream = echo_upstream().await;
+    let crypto = if latency.is_zero() {
+        format!("[crypto]\nmax_in_flight = {}\n", args.max_in_flight)
+    } else {
+        format!(
+            "[crypto]\nmax_in_flight = {}\nsimulate_latency = \"{}ms\"\n",
+            args.max_in_flight,
+            latency.as_millis()
+        )
+    };
+    // One address opens them all: the per-source limit (64 at once) would refuse the rest.
+    let limits = "[limits]\nmax_handshakes_per_source = 4096\n";
+    let daemon = pki.start_daemon(&(crypto + limits + &pki.inbound("echo", upstream.addr, "")));
+    if !args.no_pin {
+        pin(daemon.pid(), args.server_cpu);
+    }
+    let addr = daemon.addr("echo");
+    let client = pki.client("/client");
+    let until = Instant::now() + Duration::from_secs(args.secs);
+    let cpu0 = cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")?;
+    let (load, (rtts, stream_failures)) = tokio::join!(
+        timed_storm(addr, client.clone(), args.concurrency, until),
+        timed_stream(addr, client, until),
+    );
+    let cpu = cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")? - cpu0;
+    let n = load.handshake_ms.len();
+    let hs = Latencies::of(load.handshake_ms);
+    let rtt = Latencies::of(rtts);
+    let mut failures = load.failures;
+    failures.extend(stream_failures);
+    Ok(json!({
+        "latency_ms": latency.as_millis() as u64,
+        "handshakes": n,
+        "handshakes_per_s": n as f64 / args.secs as f64,
+        "handshake_p50_ms": hs.quantile(0.5),
+        "handshake_p99_ms": hs.quantile(0.99),
+        "server_cpu_us_per_handshake": cpu * 1e6 / n.max(1) as f64,
+        "server_cpu_busy": cpu / args.secs as f64,
+        "stream_round_trips": rtt.sorted_us.len(),
+        "stream_p50_us": rtt.quantile(0.5),
+        "stream_p99_us": rtt.quantile(0.99),
+        "stream_max_us": rtt.quantile(1.0),
+        "failures": failures.len(),
+        "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
+    }))
+}
+
+/// Median of `key` over the phases.
+fn median(phases: &[Value], key: &str) -> f64 {
+    let mut v: Vec<f64> = phases.iter().filter_map(|p| p[key].as_f64()).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs the measurement: a table on stderr, the JSON report on stdout.
+pub async fn run(args: Args) -> Result<(), String> {
+    if !args.no_pin {
+        pin(std::process::id(), args.client_cpu);
+    }
+    let pki = Pki::new("bench.example");
+    let latency = Duration::from_millis(args.latency_ms);
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        eprintln!("mtlsd-bench slowkey: round {round}/{}", args.rounds);
+        fast.push(phase(&args, &pki, Duration::ZERO).await?);
+        slow.push(phase(&args, &pki, latency).await?);
+    }
+    let device_ceiling = f64::from(args.max_in_flight) / latency.as_secs_f64();
+    let cpu_ceiling = median(&fast, "handshakes_per_s");
+    let slow_rate = median(&slow, "handshakes_per_s");
+    let report = json!({
+        "secs": args.secs,
+        "latency_ms": args.latency_ms,
+        "max_in_flight": args.max_in_flight,
+        "concurrency": args.concurrency,
+        "device_ceiling_per_s": device_ceiling,
+        "cpu_ceiling_per_s": cpu_ceiling,
+        "slow_vs_device_ceiling": slow_rate / device_ceiling,
+        "slow_vs_cpu_ceiling": slow_rate / cpu_ceiling,
+        "no_latency": fast,
+        "with_latency": slow,
+    });
+    // The table to stderr, the report to stdout: a script reads one JSON object.
+    eprintln!(
+        "{:<14} {:>9} {:>8} {:>8} {:>10} {:>9} {:>11} {:>11} {:>8}",
+        "phase",
+        "hs/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu µs/hs",
+        "cpu busy",
+        "stream p50",
+        "stream p99",
+        "failures"
+    );
+    for (name, phases) in [("no latency", &fast), ("with latency", &slow)] {
+        eprintln!(
+            "{name:<14} {:>9.0} {:>8.2} {:>8.2} {:>10.0} {:>9.2} {:>11.0} {:>11.0} {:>8.0}",
+            median(phases, "handshakes_per_s"),
+            median(phases, "handshake_p50_ms"),
+            median(phases, "handshake_p99_ms"),
+            median(phases, "server_cpu_us_per_handshake"),
+            median(phases, "server_cpu_busy"),
+            median(phases, "stream_p50_us"),
+            median(phases, "stream_p99_us"),
+            phases
+                .iter()
+                .filter_map(|p| p["failures"].as_f64())
+                .sum::<f64>(),
+        );
+    }
+    eprintln!(
+        "with {} ms per signature and max_in_flight = {}: {slow_rate:.0} handshakes/s, {:.0} % of \
+         the device's ceiling ({device_ceiling:.0}/s) and {:.0} % of the CPU's ({cpu_ceiling:.0}/s)",
+        args.latency_ms,
+        args.max_in_flight,
+        100.0 * slow_rate / device_ceiling,
+        100.0 * slow_rate / cpu_ceiling,
+    );
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("{text}");
+    let failed: f64 = fast
+        .iter()
+        .chain(&slow)
+        .filter_map(|p| p["failures"].as_f64())
+        .sum();
+    if failed > 0.0 {
+        return Err(format!(
+            "{failed} handshakes or streams failed: see first_failures"
+        ));
+    }
+    Ok(())
+}
