@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use mtlsd_e2e::*;
-use rustls::{HandshakeKind, NamedGroup};
+use rustls::{CipherSuite, HandshakeKind, NamedGroup};
 
 const TD: &str = "example.org";
 /// `scripts/scan-tls`'s exit code when sslyze could not be set up.
@@ -99,4 +99,41 @@ async fn a_client_preferring_x25519mlkem768_gets_it_without_a_retry() {
         Some(NamedGroup::X25519MLKEM768)
     );
     assert_eq!(conn.handshake_kind(), Some(HandshakeKind::Full));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_prefers_aes_128_gcm_sha256_and_still_serves_a_client_that_wants_aes_256() {
+    let pki = Pki::new(TD);
+    let upstream = echo_upstream().await;
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let addr = daemon.addr("web");
+    // rustls' and OpenSSL's clients both list AES-256-GCM-SHA384 first; the server's order wins.
+    let client = pki.client("/frontend");
+    assert_eq!(
+        client.crypto_provider().cipher_suites[0].suite(),
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the test client should list AES-256 first"
+    );
+    let mut tls = tls_connect(addr, client).await.unwrap();
+    assert_eq!(echo_round_trip(&mut tls, b"suite").await.unwrap(), b"suite");
+    assert_eq!(
+        tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+    let files = pki.issue(&pki.id("/frontend"));
+    let suite_of = |args: &[&str]| {
+        let out = s_client(addr, &pki.bundle(), &files, args, b"");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Ciphersuite: "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no cipher suite in {text}"))
+    };
+    assert_eq!(suite_of(&["-brief"]), "TLS_AES_128_GCM_SHA256");
+    // A client that allows only AES-256 (CNSA-style policies) gets it.
+    assert_eq!(
+        suite_of(&["-brief", "-ciphersuites", "TLS_AES_256_GCM_SHA384"]),
+        "TLS_AES_256_GCM_SHA384"
+    );
 }

@@ -186,6 +186,9 @@ impl TlsIdentity {
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(
                 self.svid.certified_key.clone(),
             )));
+        // Our suite order (AES-128-GCM-SHA256 first, see `mtlsd_crypto::software::provider`),
+        // not the client's: most clients list AES-256-GCM-SHA384 first.
+        config.ignore_client_order = true;
         match resumption {
             ServerResumption::Off => {
                 config.session_storage = Arc::new(NoServerSessionStorage {});
