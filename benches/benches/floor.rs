@@ -20,11 +20,9 @@ use aws_lc_rs::signature::{
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mtlsd::metrics::{Direction, Metrics};
-use mtlsd::proxy::forward::splice;
+use mtlsd_e2e::in_memory::forward;
 use rustls::crypto::SupportedKxGroup;
 use rustls::crypto::aws_lc_rs::kx_group::{X25519, X25519MLKEM768};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const RECORD: usize = 16 * 1024;
 
@@ -93,33 +91,7 @@ fn copy_loop(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(total as u64));
     group.sample_size(10);
     group.bench_function("splice_64MiB_in_memory", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let (mut client, peer) = tokio::io::duplex(256 * 1024);
-                let (upstream, mut service) = tokio::io::duplex(256 * 1024);
-                let never = CancellationToken::new();
-                let m = metrics.clone();
-                let fwd = tokio::spawn(async move {
-                    splice(peer, upstream, Duration::from_secs(60), &never, &m).await
-                });
-                let writer = tokio::spawn(async move {
-                    let chunk = vec![0u8; RECORD];
-                    for _ in 0..total / RECORD {
-                        client.write_all(&chunk).await.unwrap();
-                    }
-                    client.shutdown().await.unwrap();
-                    client
-                });
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut got = 0;
-                while got < total {
-                    got += service.read(&mut buf).await.unwrap();
-                }
-                drop(service);
-                drop(writer.await.unwrap());
-                black_box(fwd.await.unwrap());
-            })
-        })
+        b.iter(|| black_box(rt.block_on(forward(total, &metrics))))
     });
     group.finish();
 }

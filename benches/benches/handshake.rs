@@ -13,33 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mtlsd::ca::{Authority, LeafSpec};
-use mtlsd::identity::{SpiffeId, Svid, load_bundle};
+use mtlsd::ca::Authority;
+use mtlsd::identity::SpiffeId;
 use mtlsd::policy::{Peer, Policy};
 use mtlsd::proxy::policy_verifier::PolicyVerifier;
 use mtlsd::tls::tickets::{KeySource, Ticketer};
 use mtlsd::tls::{ServerResumption, TlsIdentity};
+use mtlsd_crypto::software::Software;
 use mtlsd_crypto::test_support::handshake_in_memory;
-use mtlsd_crypto::{Backend, KeyRef, software::Software};
-
-fn identity(ca: &Authority, dir: &std::path::Path, id: &str, backend: &Software) -> TlsIdentity {
-    let spec = LeafSpec::new(id.parse().unwrap(), Duration::from_secs(3600));
-    let (cert, key) = (
-        dir.join(format!("{}.pem", spec.id.path().replace('/', "_"))),
-        dir.join(format!("{}.key", spec.id.path().replace('/', "_"))),
-    );
-    ca.issue(&spec).unwrap().write(&cert, &key).unwrap();
-    TlsIdentity {
-        svid: Svid::load(&cert, &KeyRef::File(key), backend).unwrap(),
-        bundle: load_bundle(&ca.bundle_path()).unwrap(),
-        federated: Default::default(),
-        trust_domain: ca.trust_domain().to_owned(),
-        provider: backend.provider().clone(),
-        device: None,
-        revocations: Default::default(),
-        renew_at: None,
-    }
-}
+use mtlsd_e2e::in_memory::tls_identity;
 
 /// Runs one handshake between in-memory client and server connections; returns its kind.
 fn handshake(
@@ -54,8 +36,8 @@ fn benches(c: &mut Criterion) {
     let year = Duration::from_secs(365 * 86_400);
     let ca = Authority::init(&dir.join("ca"), "bench.example", year, year).unwrap();
     let backend = Software::new();
-    let server_id = identity(&ca, &dir, "spiffe://bench.example/server", &backend);
-    let client_id = identity(&ca, &dir, "spiffe://bench.example/client", &backend);
+    let server_id = tls_identity(&ca, &dir, "spiffe://bench.example/server", &backend);
+    let client_id = tls_identity(&ca, &dir, "spiffe://bench.example/client", &backend);
     let server = server_id.server_config(&ServerResumption::Off).unwrap();
     let client = client_id
         .client_config(&server_id.svid.id, false, false)

@@ -14,6 +14,7 @@ mod chart;
 mod contender;
 mod flood;
 mod http;
+mod icount;
 mod rotation;
 mod rtt;
 mod slowkey;
@@ -129,6 +130,10 @@ enum Sub {
     /// Handshakes and an established stream while every signature takes 5 ms longer
     /// (`simulate_latency`), against the same load without it (starts its own mtlsd).
     Slowkey(slowkey::Args),
+    /// Instruction counts (callgrind) of one full handshake, one resumed handshake and 64 MiB
+    /// through the copy loop, in memory with mtlsd's own code: numbers the machine's load
+    /// does not move.
+    Icount(icount::Args),
 }
 
 impl Args {
@@ -232,6 +237,7 @@ async fn main() {
             Sub::Http(args) => http::run(args).await,
             Sub::Rotation(args) => rotation::run(args).await,
             Sub::Slowkey(args) => slowkey::run(args).await,
+            Sub::Icount(args) => icount::run(args).await,
         };
         if let Err(e) = result {
             eprintln!("mtlsd-bench: {e}");

@@ -234,6 +234,31 @@ fn mtlsd_bench_slowkey_smoke_handshakes_with_and_without_a_slow_key() {
     assert!(report["slow_vs_cpu_ceiling"].is_number());
 }
 
+#[test]
+fn mtlsd_bench_icount_counts_the_instructions_of_a_full_handshake_under_callgrind() {
+    let has_valgrind = Command::new("valgrind").arg("--version").output().is_ok();
+    if !has_valgrind {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but valgrind is missing (Debian: valgrind)"
+        );
+        return;
+    }
+    let count = || {
+        let out = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_mtlsd-bench")).args(["icount", "--cases", "full"]),
+        );
+        let report: Value = serde_json::from_str(&out).expect("one JSON object");
+        report["instructions"]["full"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no count in {report}"))
+    };
+    let (a, b) = (count(), count());
+    // A handshake is millions of instructions, and two runs agree to well under 1 %.
+    assert!(a > 1_000_000, "{a}");
+    assert!(a.abs_diff(b) * 100 < a, "{a} vs {b}");
+}
+
 /// A fresh directory under the system temp dir, unique to this test process.
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mtlsd-bench-smoke-{}", std::process::id()));

@@ -23,6 +23,7 @@ use tokio_rustls::client::TlsStream;
 
 pub mod http;
 pub mod idp;
+pub mod in_memory;
 pub mod journald;
 pub mod spire;
 
