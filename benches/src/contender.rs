@@ -126,6 +126,41 @@ impl Spec {
     }
 }
 
+/// Where the server and this client run: `--server-cpu`, `--client-cpu`, `--no-pin`.
+#[derive(clap::Args, Clone, Copy)]
+pub struct Pinning {
+    /// Core to pin the server to.
+    #[arg(long, alias = "daemon-cpu", default_value_t = 0)]
+    pub server_cpu: usize,
+    /// Core to pin this client (and the upstreams) to.
+    #[arg(long, default_value_t = 1)]
+    pub client_cpu: usize,
+    /// Leave server and client unpinned.
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+impl Pinning {
+    /// Pins this process to the client core and returns the server's core, or `None` (saying
+    /// why unless asked) when unpinned or the machine has too few cores.
+    #[allow(clippy::print_stderr)] // a report tool: stderr is its output
+    pub fn apply(&self) -> Option<usize> {
+        if self.no_pin {
+            return None;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores <= self.server_cpu.max(self.client_cpu) {
+            eprintln!(
+                "mtlsd-bench: {cores} core(s): cannot pin to cores {} and {}; running unpinned",
+                self.server_cpu, self.client_cpu
+            );
+            return None;
+        }
+        pin(std::process::id(), self.client_cpu);
+        Some(self.server_cpu)
+    }
+}
+
 /// Finds `name` on PATH or in the sbin directories (HAProxy and nginx live in /usr/sbin).
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
 
-use crate::contender::{self, HttpRunning, HttpSetup, Kind, Spec};
+use crate::contender::{HttpRunning, HttpSetup, Kind, Spec};
 use crate::tokens::{SigningKey, claims, jwks_json};
 use crate::{Metrics, QUANTILES, command_line, finite, machine, num, summarize};
 
@@ -74,15 +74,9 @@ pub struct Args {
     /// off with `mtlsd::access=off`) and HAProxy's `option httplog` (it logs nothing by default).
     #[arg(long)]
     access_log: bool,
-    /// Core to pin the server to.
-    #[arg(long, default_value_t = 0)]
-    server_cpu: usize,
-    /// Core to pin this client (and the upstreams) to.
-    #[arg(long, default_value_t = 1)]
-    client_cpu: usize,
-    /// Leave server and client unpinned.
-    #[arg(long)]
-    no_pin: bool,
+    /// Where the server and this client run.
+    #[command(flatten)]
+    pin: crate::contender::Pinning,
     /// Tiny numbers for the test suite: proves the workload and the refusals, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -100,7 +94,7 @@ impl Args {
         self.connections = 2;
         self.requests = 50;
         self.rps = 0;
-        self.no_pin = true;
+        self.pin.no_pin = true;
     }
 }
 
@@ -500,17 +494,8 @@ pub async fn run(mut args: Args) -> Result<(), String> {
         args.apply_smoke();
     }
     let (specs, cases) = resolve(&args)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = !args.no_pin && cores > args.server_cpu.max(args.client_cpu);
-    if !args.no_pin && !pin {
-        eprintln!(
-            "mtlsd-bench: {cores} core(s): cannot pin to cores {} and {}; running unpinned",
-            args.server_cpu, args.client_cpu
-        );
-    }
-    if pin {
-        contender::pin(std::process::id(), args.client_cpu);
-    }
+    let server_cpu = args.pin.apply();
+    let pin = server_cpu.is_some();
 
     let pki = Pki::new("bench.example");
     let day = Duration::from_secs(86_400);
@@ -543,7 +528,7 @@ pub async fn run(mut args: Args) -> Result<(), String> {
         pki: &pki,
         server: &server,
         upstream: up,
-        cpu: pin.then_some(args.server_cpu),
+        cpu: server_cpu,
         issuer: ISSUER,
         audience: AUDIENCE,
         jwks: &jwks,
@@ -678,8 +663,8 @@ fn report(args: &Args, pin: bool, cases: &[Case], outcomes: &[Outcome]) -> Value
             "access_log": args.access_log,
             "jwt_alg": "ES256",
             "pinned": pin,
-            "server_cpu": pin.then_some(args.server_cpu),
-            "client_cpu": pin.then_some(args.client_cpu),
+            "server_cpu": pin.then_some(args.pin.server_cpu),
+            "client_cpu": pin.then_some(args.pin.client_cpu),
             "smoke": args.smoke,
         },
         "contenders": contenders,

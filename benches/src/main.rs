@@ -84,15 +84,9 @@ struct Args {
     /// Connections per kind through that link.
     #[arg(long, default_value_t = 20)]
     ttfb_samples: u32,
-    /// Core to pin the server to.
-    #[arg(long, alias = "daemon-cpu", default_value_t = 0)]
-    server_cpu: usize,
-    /// Core to pin this client (and the upstreams) to.
-    #[arg(long, default_value_t = 1)]
-    client_cpu: usize,
-    /// Leave server and client unpinned.
-    #[arg(long)]
-    no_pin: bool,
+    /// Where the server and this client run.
+    #[command(flatten)]
+    pin: crate::contender::Pinning,
     /// Tiny numbers for the test suite: proves the harness runs, measures nothing.
     #[arg(long)]
     smoke: bool,
@@ -149,7 +143,7 @@ impl Args {
         self.kinds = 4;
         self.rtt_ms = 10;
         self.ttfb_samples = 2;
-        self.no_pin = true;
+        self.pin.no_pin = true;
     }
 }
 
@@ -261,12 +255,11 @@ async fn main() {
     });
     let mut report = run(&args, &specs).await;
     if args.kinds > 0 {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let settings = rtt::Settings {
             per_kind: args.kinds,
             rtt: Duration::from_millis(args.rtt_ms),
             samples: args.ttfb_samples,
-            server_cpu: (!args.no_pin && cores > args.server_cpu).then_some(args.server_cpu),
+            server_cpu: args.pin.apply(),
         };
         report["handshake_kinds"] = rtt::run(settings).await.unwrap_or_else(|e| {
             eprintln!("mtlsd-bench: handshake kinds: {e}");
@@ -296,17 +289,8 @@ fn output(args: &Args, report: &Value) {
 }
 
 async fn run(args: &Args, specs: &[Spec]) -> Value {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = !args.no_pin && cores > args.server_cpu.max(args.client_cpu);
-    if !args.no_pin && !pin {
-        eprintln!(
-            "mtlsd-bench: {cores} core(s): cannot pin to cores {} and {}; running unpinned",
-            args.server_cpu, args.client_cpu
-        );
-    }
-    if pin {
-        contender::pin(std::process::id(), args.client_cpu);
-    }
+    let server_cpu = args.pin.apply();
+    let pin = server_cpu.is_some();
 
     let pki = Pki::new("bench.example");
     let day = Duration::from_secs(86_400);
@@ -319,7 +303,7 @@ async fn run(args: &Args, specs: &[Spec]) -> Value {
         server: &server,
         echo: echo.addr,
         sink: sink.addr,
-        cpu: pin.then_some(args.server_cpu),
+        cpu: server_cpu,
         max_connections: args.idle as usize,
     };
 
@@ -541,8 +525,8 @@ fn report(args: &Args, pin: bool, baseline: &str, outcomes: &[Outcome]) -> Value
             "idle": args.idle,
             "bulk_mib": args.bulk_mb,
             "pinned": pin,
-            "server_cpu": pin.then_some(args.server_cpu),
-            "client_cpu": pin.then_some(args.client_cpu),
+            "server_cpu": pin.then_some(args.pin.server_cpu),
+            "client_cpu": pin.then_some(args.pin.client_cpu),
             "smoke": args.smoke,
         },
         "baseline": baseline,

@@ -31,7 +31,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 use crate::contender::pin;
-use crate::workload::{Latencies, timed_storm, timed_stream};
+use crate::workload::{Latencies, emit_phases, median_of, timed_storm, timed_stream};
 
 const TRUST_DOMAIN: &str = "bench.test";
 
@@ -50,15 +50,9 @@ pub struct Args {
     /// Concurrent handshaking clients.
     #[arg(long, default_value_t = 4)]
     concurrency: u32,
-    /// Core to pin the daemon to; this client, SPIRE and the upstream share the other.
-    #[arg(long, default_value_t = 0)]
-    server_cpu: usize,
-    /// Core to pin this client to.
-    #[arg(long, default_value_t = 1)]
-    client_cpu: usize,
-    /// Leave everything unpinned.
-    #[arg(long)]
-    no_pin: bool,
+    /// Where the daemon and this client run.
+    #[command(flatten)]
+    pin: crate::contender::Pinning,
     /// Where to write the JSON report.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
@@ -116,11 +110,12 @@ async fn phase(
     spire: (&SpireServer, &SpireAgent),
     id: &str,
     echo: SocketAddr,
+    server_cpu: Option<usize>,
 ) -> Result<Value, String> {
     let (server, agent) = spire;
     let daemon = start_daemon(agent, server, id, echo);
-    if !args.no_pin {
-        pin(daemon.pid(), args.server_cpu);
+    if let Some(cpu) = server_cpu {
+        pin(daemon.pid(), cpu);
     }
     let addr = daemon.addr("echo");
     let config = client_config(agent, server, id);
@@ -174,21 +169,12 @@ fn wait_until_gone(agent: &SpireAgent, id: &str) -> Result<(), String> {
     Err(format!("the agent still serves {id} after {WAIT:?}"))
 }
 
-/// Median of `key` over the phases.
-fn median(phases: &[Value], key: &str) -> f64 {
-    let mut v: Vec<f64> = phases.iter().filter_map(|p| p[key].as_f64()).collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Runs the measurement: a table on stderr, the JSON report on stdout.
 pub async fn run(args: Args) -> Result<(), String> {
     if spire_bin().is_none() {
         return Err("no SPIRE binaries: run scripts/spire-tools (needs Go) first".into());
     }
-    if !args.no_pin {
-        pin(std::process::id(), args.client_cpu);
-    }
+    let server_cpu = args.pin.apply();
     let server = SpireServer::start(TRUST_DOMAIN, &ServerOpts::default());
     let host = server.id("/host");
     let agent = SpireAgent::start(&server, &server.join_token(&host));
@@ -204,7 +190,16 @@ pub async fn run(args: Args) -> Result<(), String> {
             "mtlsd-bench rotation: round {round}/{}: steady",
             args.rounds
         );
-        steady.push(phase(&args, (&server, &agent), &server.id("/steady"), echo.addr).await?);
+        steady.push(
+            phase(
+                &args,
+                (&server, &agent),
+                &server.id("/steady"),
+                echo.addr,
+                server_cpu,
+            )
+            .await?,
+        );
         let id = server.id("/rotating");
         let entry = server.create_entry(&host, &id, &uid, args.ttl, &[]);
         wait_for_svid(&agent.socket, &id);
@@ -212,7 +207,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             "mtlsd-bench rotation: round {round}/{}: rotating",
             args.rounds
         );
-        rotating.push(phase(&args, (&server, &agent), &id, echo.addr).await?);
+        rotating.push(phase(&args, (&server, &agent), &id, echo.addr, server_cpu).await?);
         server.delete_entry(&entry);
         wait_until_gone(&agent, &id)?;
     }
@@ -240,34 +235,23 @@ pub async fn run(args: Args) -> Result<(), String> {
     for (name, phases) in [("steady", &steady), ("rotating", &rotating)] {
         eprintln!(
             "{name:<10} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>10.0} {:>8.0} {:>8.0} {:>8.0}",
-            median(phases, "handshakes_per_s"),
-            median(phases, "handshake_p50_ms"),
-            median(phases, "handshake_p99_ms"),
-            median(phases, "handshake_max_ms"),
-            median(phases, "server_cpu_us_per_handshake"),
-            median(phases, "stream_p99_us"),
-            median(phases, "workload_api_updates_applied"),
-            median(phases, "server_serials_seen"),
+            median_of(phases, "handshakes_per_s"),
+            median_of(phases, "handshake_p50_ms"),
+            median_of(phases, "handshake_p99_ms"),
+            median_of(phases, "handshake_max_ms"),
+            median_of(phases, "server_cpu_us_per_handshake"),
+            median_of(phases, "stream_p99_us"),
+            median_of(phases, "workload_api_updates_applied"),
+            median_of(phases, "server_serials_seen"),
             phases
                 .iter()
                 .filter_map(|p| p["failures"].as_f64())
                 .sum::<f64>(),
         );
     }
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    println!("{text}");
-    let failed: f64 = [&steady, &rotating]
-        .iter()
-        .flat_map(|p| p.iter())
-        .filter_map(|p| p["failures"].as_f64())
-        .sum();
-    if failed > 0.0 {
-        return Err(format!(
-            "{failed} handshakes or streams failed: see first_failures"
-        ));
-    }
-    Ok(())
+    emit_phases(
+        &report,
+        args.json_out.as_deref(),
+        steady.iter().chain(&rotating),
+    )
 }

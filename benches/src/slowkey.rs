@@ -14,7 +14,7 @@ use mtlsd_e2e::{Pki, echo_upstream};
 use serde_json::{Value, json};
 
 use crate::contender::{cpu_seconds, pin};
-use crate::workload::{Latencies, timed_storm, timed_stream};
+use crate::workload::{Latencies, emit_phases, median_of, timed_storm, timed_stream};
 
 /// Options of `slowkey`.
 #[derive(clap::Args)]
@@ -34,22 +34,21 @@ pub struct Args {
     /// Concurrent handshaking clients (more than `max_in_flight` keeps the device full).
     #[arg(long, default_value_t = 96)]
     concurrency: u32,
-    /// Core to pin the daemon to.
-    #[arg(long, default_value_t = 0)]
-    server_cpu: usize,
-    /// Core to pin this client to.
-    #[arg(long, default_value_t = 1)]
-    client_cpu: usize,
-    /// Leave everything unpinned.
-    #[arg(long)]
-    no_pin: bool,
+    /// Where the daemon and this client run.
+    #[command(flatten)]
+    pin: crate::contender::Pinning,
     /// Where to write the JSON report.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
 }
 
 /// One phase against a fresh daemon whose signatures take `latency` longer.
-async fn phase(args: &Args, pki: &Pki, latency: Duration) -> Result<Value, String> {
+async fn phase(
+    args: &Args,
+    pki: &Pki,
+    latency: Duration,
+    server_cpu: Option<usize>,
+) -> Result<Value, String> {
     let upstream = echo_upstream().await;
     let crypto = if latency.is_zero() {
         format!("[crypto]\nmax_in_flight = {}\n", args.max_in_flight)
@@ -63,8 +62,8 @@ async fn phase(args: &Args, pki: &Pki, latency: Duration) -> Result<Value, Strin
     // One address opens them all: the per-source limit (64 at once) would refuse the rest.
     let limits = "[limits]\nmax_handshakes_per_source = 4096\n";
     let daemon = pki.start_daemon(&(crypto + limits + &pki.inbound("echo", upstream.addr, "")));
-    if !args.no_pin {
-        pin(daemon.pid(), args.server_cpu);
+    if let Some(cpu) = server_cpu {
+        pin(daemon.pid(), cpu);
     }
     let addr = daemon.addr("echo");
     let client = pki.client("/client");
@@ -97,29 +96,20 @@ async fn phase(args: &Args, pki: &Pki, latency: Duration) -> Result<Value, Strin
     }))
 }
 
-/// Median of `key` over the phases.
-fn median(phases: &[Value], key: &str) -> f64 {
-    let mut v: Vec<f64> = phases.iter().filter_map(|p| p[key].as_f64()).collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Runs the measurement: a table on stderr, the JSON report on stdout.
 pub async fn run(args: Args) -> Result<(), String> {
-    if !args.no_pin {
-        pin(std::process::id(), args.client_cpu);
-    }
+    let server_cpu = args.pin.apply();
     let pki = Pki::new("bench.example");
     let latency = Duration::from_millis(args.latency_ms);
     let (mut fast, mut slow) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         eprintln!("mtlsd-bench slowkey: round {round}/{}", args.rounds);
-        fast.push(phase(&args, &pki, Duration::ZERO).await?);
-        slow.push(phase(&args, &pki, latency).await?);
+        fast.push(phase(&args, &pki, Duration::ZERO, server_cpu).await?);
+        slow.push(phase(&args, &pki, latency, server_cpu).await?);
     }
     let device_ceiling = f64::from(args.max_in_flight) / latency.as_secs_f64();
-    let cpu_ceiling = median(&fast, "handshakes_per_s");
-    let slow_rate = median(&slow, "handshakes_per_s");
+    let cpu_ceiling = median_of(&fast, "handshakes_per_s");
+    let slow_rate = median_of(&slow, "handshakes_per_s");
     let report = json!({
         "secs": args.secs,
         "latency_ms": args.latency_ms,
@@ -148,13 +138,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     for (name, phases) in [("no latency", &fast), ("with latency", &slow)] {
         eprintln!(
             "{name:<14} {:>9.0} {:>8.2} {:>8.2} {:>10.0} {:>9.2} {:>11.0} {:>11.0} {:>8.0}",
-            median(phases, "handshakes_per_s"),
-            median(phases, "handshake_p50_ms"),
-            median(phases, "handshake_p99_ms"),
-            median(phases, "server_cpu_us_per_handshake"),
-            median(phases, "server_cpu_busy"),
-            median(phases, "stream_p50_us"),
-            median(phases, "stream_p99_us"),
+            median_of(phases, "handshakes_per_s"),
+            median_of(phases, "handshake_p50_ms"),
+            median_of(phases, "handshake_p99_ms"),
+            median_of(phases, "server_cpu_us_per_handshake"),
+            median_of(phases, "server_cpu_busy"),
+            median_of(phases, "stream_p50_us"),
+            median_of(phases, "stream_p99_us"),
             phases
                 .iter()
                 .filter_map(|p| p["failures"].as_f64())
@@ -169,20 +159,5 @@ pub async fn run(args: Args) -> Result<(), String> {
         100.0 * slow_rate / device_ceiling,
         100.0 * slow_rate / cpu_ceiling,
     );
-    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    println!("{text}");
-    let failed: f64 = fast
-        .iter()
-        .chain(&slow)
-        .filter_map(|p| p["failures"].as_f64())
-        .sum();
-    if failed > 0.0 {
-        return Err(format!(
-            "{failed} handshakes or streams failed: see first_failures"
-        ));
-    }
-    Ok(())
+    emit_phases(&report, args.json_out.as_deref(), fast.iter().chain(&slow))
 }

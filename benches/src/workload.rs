@@ -221,6 +221,38 @@ impl Latencies {
     }
 }
 
+/// The median of the number `key` over a benchmark's phases (JSON objects), NaN if none.
+pub fn median_of(phases: &[serde_json::Value], key: &str) -> f64 {
+    let mut v: Vec<f64> = phases.iter().filter_map(|p| p[key].as_f64()).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Prints `report` (and writes it to `json_out`); an error if any of `phases` counted
+/// failures.
+#[allow(clippy::print_stdout)] // a report tool: stdout is its output
+pub fn emit_phases<'a>(
+    report: &serde_json::Value,
+    json_out: Option<&Path>,
+    phases: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    if let Some(path) = json_out {
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("{text}");
+    let failed: f64 = phases
+        .into_iter()
+        .filter_map(|p| p["failures"].as_f64())
+        .sum();
+    if failed > 0.0 {
+        return Err(format!(
+            "{failed} handshakes or streams failed: see first_failures"
+        ));
+    }
+    Ok(())
+}
+
 /// Request/response latencies through the contender and, in the same time window, straight to
 /// the upstream (the floor the added latency is measured against).
 pub struct RatePair {
