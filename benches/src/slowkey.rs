@@ -8,13 +8,13 @@
 //! the CPU's, the handshakes/s of the phase without latency), handshake latency, server CPU per
 //! handshake and the stream's round-trip quantiles.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mtlsd_e2e::{Pki, echo_upstream};
 use serde_json::{Value, json};
 
-use crate::contender::{cpu_seconds, pin};
-use crate::workload::{Latencies, emit_phases, median_of, timed_storm, timed_stream};
+use crate::contender::pin;
+use crate::workload::{emit_phases, median_of, timed_phase};
 
 /// Options of `slowkey`.
 #[derive(clap::Args)]
@@ -67,33 +67,9 @@ async fn phase(
     }
     let addr = daemon.addr("echo");
     let client = pki.client("/client");
-    let until = Instant::now() + Duration::from_secs(args.secs);
-    let cpu0 = cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")?;
-    let (load, (rtts, stream_failures)) = tokio::join!(
-        timed_storm(addr, client.clone(), args.concurrency, until),
-        timed_stream(addr, client, until),
-    );
-    let cpu = cpu_seconds(daemon.pid()).ok_or("the daemon's CPU time")? - cpu0;
-    let n = load.handshake_ms.len();
-    let hs = Latencies::of(load.handshake_ms);
-    let rtt = Latencies::of(rtts);
-    let mut failures = load.failures;
-    failures.extend(stream_failures);
-    Ok(json!({
-        "latency_ms": latency.as_millis() as u64,
-        "handshakes": n,
-        "handshakes_per_s": n as f64 / args.secs as f64,
-        "handshake_p50_ms": hs.quantile(0.5),
-        "handshake_p99_ms": hs.quantile(0.99),
-        "server_cpu_us_per_handshake": cpu * 1e6 / n.max(1) as f64,
-        "server_cpu_busy": cpu / args.secs as f64,
-        "stream_round_trips": rtt.sorted_us.len(),
-        "stream_p50_us": rtt.quantile(0.5),
-        "stream_p99_us": rtt.quantile(0.99),
-        "stream_max_us": rtt.quantile(1.0),
-        "failures": failures.len(),
-        "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
-    }))
+    let mut figures = timed_phase(addr, client, args.concurrency, args.secs, daemon.pid()).await?;
+    figures.insert("latency_ms".into(), (latency.as_millis() as u64).into());
+    Ok(Value::Object(figures))
 }
 
 /// Runs the measurement: a table on stderr, the JSON report on stdout.

@@ -428,7 +428,7 @@ pub struct Load {
 
 /// `concurrency` clients doing full handshakes (plus one echoed byte) against `addr` until
 /// `until`: each handshake's time, every failure, and the server certificates seen.
-pub async fn timed_storm(
+async fn timed_storm(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
     concurrency: u32,
@@ -482,7 +482,7 @@ pub async fn timed_storm(
 
 /// One stream open until `until`: a byte echoed every 20 ms; each round trip in µs, and why
 /// it ended early, if it did.
-pub async fn timed_stream(
+async fn timed_stream(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
     until: Instant,
@@ -503,4 +503,49 @@ pub async fn timed_stream(
         }
     }
     (rtts, Vec::new())
+}
+
+/// [`timed_storm`] from `concurrency` clients and one [`timed_stream`] against `addr` for
+/// `secs`, with the CPU the server (process `pid`) used meanwhile: the figures as a JSON
+/// object (handshakes and their rate and quantiles, CPU per handshake, the stream's round
+/// trips, the server certificates seen, failures), to which a workload adds its own.
+pub async fn timed_phase(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    concurrency: u32,
+    secs: u64,
+    pid: u32,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let cpu = || crate::contender::cpu_seconds(pid).ok_or("the server's CPU time");
+    let until = Instant::now() + Duration::from_secs(secs);
+    let cpu0 = cpu()?;
+    let (load, (rtts, stream_failures)) = tokio::join!(
+        timed_storm(addr, config.clone(), concurrency, until),
+        timed_stream(addr, config, until),
+    );
+    let cpu = cpu()? - cpu0;
+    let n = load.handshake_ms.len();
+    let hs = Latencies::of(load.handshake_ms);
+    let rtt = Latencies::of(rtts);
+    let mut failures = load.failures;
+    failures.extend(stream_failures);
+    let serde_json::Value::Object(figures) = serde_json::json!({
+        "handshakes": n,
+        "handshakes_per_s": n as f64 / secs as f64,
+        "handshake_p50_ms": hs.quantile(0.5),
+        "handshake_p99_ms": hs.quantile(0.99),
+        "handshake_max_ms": hs.quantile(1.0),
+        "server_cpu_us_per_handshake": cpu * 1e6 / n.max(1) as f64,
+        "server_cpu_busy": cpu / secs as f64,
+        "stream_round_trips": rtt.sorted_us.len(),
+        "stream_p50_us": rtt.quantile(0.5),
+        "stream_p99_us": rtt.quantile(0.99),
+        "stream_max_us": rtt.quantile(1.0),
+        "server_serials_seen": load.serials.len(),
+        "failures": failures.len(),
+        "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    Ok(figures)
 }
