@@ -22,6 +22,7 @@ mod soak;
 // The RS256 half is for the criterion `authz` benchmark.
 #[allow(dead_code)]
 mod tokens;
+mod uring;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -128,6 +129,9 @@ enum Sub {
     /// through the copy loop, in memory with mtlsd's own code: numbers the machine's load
     /// does not move.
     Icount(icount::Args),
+    /// mtlsd's copy loop (epoll) against an io_uring copy loop on loopback sockets: CPU per
+    /// GiB of the copying thread, alternated round by round.
+    Uring(uring::Args),
 }
 
 impl Args {
@@ -232,6 +236,7 @@ async fn main() {
             Sub::Rotation(args) => rotation::run(args).await,
             Sub::Slowkey(args) => slowkey::run(args).await,
             Sub::Icount(args) => icount::run(args).await,
+            Sub::Uring(args) => uring::run(args).await,
         };
         if let Err(e) = result {
             eprintln!("mtlsd-bench: {e}");

@@ -259,6 +259,32 @@ fn mtlsd_bench_icount_counts_the_instructions_of_a_full_handshake_under_callgrin
     assert!(a.abs_diff(b) * 100 < a, "{a} vs {b}");
 }
 
+#[test]
+fn mtlsd_bench_uring_copies_every_byte_through_both_loops() {
+    // 1 or 2: io_uring is disabled for (some) processes on this kernel.
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .is_ok_and(|v| v.trim() != "0");
+    if disabled {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but io_uring is disabled (kernel.io_uring_disabled)"
+        );
+        return;
+    }
+    // Each round checks that the sink received every byte; a mismatch fails the command.
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_mtlsd-bench"))
+            .args(["uring", "--rounds", "1", "--mib", "8"]),
+    );
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    for key in ["epoll_cpu_s_per_gib", "uring_cpu_s_per_gib"] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+}
+
 /// A fresh directory under the system temp dir, unique to this test process.
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mtlsd-bench-smoke-{}", std::process::id()));
