@@ -131,19 +131,26 @@ impl Decisions {
         }
     }
 
-    /// Like [`record`](Self::record), and waits until the record is on disk when the file asks
-    /// for `fsync = "every_record"`: what an admitted connection does before its first byte.
-    pub async fn record_durably(&self, decision: DecisionRecord) {
+    /// Like [`record`](Self::record); when the file asks for `fsync = "every_record"`, the
+    /// receiver completes once the record is on disk: what an admitted connection awaits
+    /// before its first byte. Synchronous up to that, so the caller's future holds a
+    /// receiver across its await, not the record.
+    pub fn record_durably(
+        &self,
+        mut decision: DecisionRecord,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         match self.writer() {
             Some(w) if w.syncs_every_record() => {
-                let mut decision = decision;
                 decision.generation = self.generation.load(Ordering::Relaxed);
                 if self.live.receiver_count() > 0 {
                     let _ = self.live.send(Arc::new(decision.clone()));
                 }
-                w.submit_and_wait(decision).await;
+                w.submit_synced(decision)
             }
-            _ => self.record(decision),
+            _ => {
+                self.record(decision);
+                None
+            }
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::mpsc::{
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::DecisionRecord;
@@ -114,12 +115,12 @@ impl Writer {
         self.send(Msg::Record(Box::new(decision), None));
     }
 
-    /// Queues `decision` and waits until it is written and synced.
-    pub async fn submit_and_wait(&self, decision: DecisionRecord) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.send(Msg::Record(Box::new(decision), Some(tx))) {
-            let _ = rx.await;
-        }
+    /// Queues `decision`; the receiver completes once it is written and synced (none if
+    /// the writer is closed or dropped it).
+    pub fn submit_synced(&self, decision: DecisionRecord) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Record(Box::new(decision), Some(tx)))
+            .then_some(rx)
     }
 
     /// Asks the writer to reopen the file (after an external logrotate moved it).

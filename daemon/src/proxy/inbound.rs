@@ -153,8 +153,7 @@ impl Inbound {
         };
         let peer_serial = facts.as_ref().and_then(PeerFacts::leaf_serial);
         // On the record before the first byte moves (and on disk first, with every_record).
-        // Boxed: the record's room is needed only until it is queued (or on disk).
-        Box::pin(conn.decisions.record_durably(DecisionRecord {
+        if let Some(synced) = conn.decisions.record_durably(DecisionRecord {
             src: src.to_string(),
             peer_id: Some(peer_id.clone()),
             peer_serial: peer_serial.clone(),
@@ -162,8 +161,9 @@ impl Inbound {
             decision: "allow".to_owned(),
             rule: Some(rule.clone()),
             ..DecisionRecord::new("admitted", &self.config.name, Direction::Inbound.as_str())
-        }))
-        .await;
+        }) {
+            let _ = synced.await;
+        }
         // Registered so a policy, CRL or bundle change re-checks it while it is open.
         let registration = facts.map(|facts| {
             conn.live.register(

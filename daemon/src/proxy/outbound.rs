@@ -98,16 +98,16 @@ impl Outbound {
         let src = local
             .peer_addr()
             .map_or_else(|_| String::new(), |a| a.to_string());
-        // Boxed: the record's room is needed only until it is queued (or on disk).
-        Box::pin(conn.decisions.record_durably(DecisionRecord {
+        if let Some(synced) = conn.decisions.record_durably(DecisionRecord {
             src,
             peer_id: Some(self.config.server_id.to_string()),
             peer_serial: peer_serial.clone(),
             outcome: "allow",
             decision: "allow".to_owned(),
             ..DecisionRecord::new("admitted", &self.config.name, Direction::Outbound.as_str())
-        }))
-        .await;
+        }) {
+            let _ = synced.await;
+        }
         let registration = conn.live.register(
             &self.config.name,
             Direction::Outbound,
