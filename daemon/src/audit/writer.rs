@@ -136,8 +136,22 @@ impl Writer {
             return false;
         };
         match self.config.on_full {
-            // A worker thread waits here until the writer catches up: back-pressure, by choice.
-            OnFull::Block => queue.send(msg).is_ok(),
+            OnFull::Block => match queue.try_send(msg) {
+                Ok(()) => true,
+                // Full: this connection waits until the writer catches up (back-pressure, by
+                // choice). On the daemon's multi-thread runtime the worker first hands its
+                // other connections to another thread, so only this one waits.
+                Err(TrySendError::Full(msg)) => {
+                    let wait = || queue.send(msg).is_ok();
+                    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                            tokio::task::block_in_place(wait)
+                        }
+                        _ => wait(),
+                    }
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            },
             OnFull::Drop => match queue.try_send(msg) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
