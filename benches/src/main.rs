@@ -258,13 +258,14 @@ async fn main() {
         eprintln!("mtlsd-bench: {e}");
         std::process::exit(2)
     });
-    let mut report = run(&args, &specs).await;
+    let server_cpu = args.pin.apply();
+    let mut report = run(&args, &specs, server_cpu).await;
     if args.kinds > 0 {
         let settings = rtt::Settings {
             per_kind: args.kinds,
             rtt: Duration::from_millis(args.rtt_ms),
             samples: args.ttfb_samples,
-            server_cpu: args.pin.apply(),
+            server_cpu,
         };
         report["handshake_kinds"] = rtt::run(settings).await.unwrap_or_else(|e| {
             eprintln!("mtlsd-bench: handshake kinds: {e}");
@@ -293,8 +294,8 @@ fn output(args: &Args, report: &Value) {
     }
 }
 
-async fn run(args: &Args, specs: &[Spec]) -> Value {
-    let server_cpu = args.pin.apply();
+/// The comparison; `server_cpu` is where servers are pinned (none: unpinned).
+async fn run(args: &Args, specs: &[Spec], server_cpu: Option<usize>) -> Value {
     let pin = server_cpu.is_some();
 
     let pki = Pki::new("bench.example");
