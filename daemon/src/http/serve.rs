@@ -178,6 +178,12 @@ where
         };
         let (reason, error) = match result {
             Ok(reason) => (reason, None),
+            // A client that hangs up between requests (curl after a GOAWAY, a browser
+            // dropping a keep-alive connection) ends the connection normally, whether the
+            // kernel reports it as EOF without close_notify or as a reset.
+            Err(e) if stats.in_flight.load(Ordering::Relaxed) == 0 && peer_hung_up(&*e) => {
+                (CloseReason::Completed, None)
+            }
             Err(e) => {
                 let e = io::Error::other(e.to_string());
                 (CloseReason::Error, Some(e))
@@ -190,6 +196,27 @@ where
             error,
         }
     }
+}
+
+/// Whether `err` is, at its root, the peer closing the transport (EOF without
+/// close_notify, reset, broken pipe) rather than a protocol or TLS failure.
+fn peer_hung_up(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) && io
+                .get_ref()
+                .is_none_or(|inner| !inner.is::<rustls::Error>());
+        }
+        cause = e.source();
+    }
+    false
 }
 
 struct Ctx<F> {
@@ -691,6 +718,37 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for PeerIo<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that wraps `cause`, as hyper's errors wrap the transport's.
+    #[derive(Debug)]
+    struct Wrapped(io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_peer_closing_the_transport_is_a_hang_up_and_a_tls_failure_is_not() {
+        for kind in [io::ErrorKind::UnexpectedEof, io::ErrorKind::ConnectionReset] {
+            assert!(peer_hung_up(&Wrapped(io::Error::from(kind))), "{kind:?}");
+        }
+        let bad_mac = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert!(!peer_hung_up(&Wrapped(bad_mac)));
+        let eof_as_tls = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::TooMuchEarlyDataReceived),
+        );
+        assert!(!peer_hung_up(&Wrapped(eof_as_tls)));
+        assert!(!peer_hung_up(&Wrapped(io::Error::other("parse error"))));
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
