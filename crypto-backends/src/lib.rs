@@ -32,6 +32,7 @@ mod secret_file;
 pub mod software;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod verify_cache;
 
 use std::fmt;
 use std::sync::Arc;

@@ -87,7 +87,8 @@ impl Software {
 }
 
 /// The rustls provider mtlsd uses: aws-lc-rs with post-quantum hybrid key exchange first,
-/// and TLS 1.3's AES-128-GCM-SHA256 first among the cipher suites.
+/// TLS 1.3's AES-128-GCM-SHA256 first among the cipher suites, and certificate signatures
+/// verified once ([`crate::verify_cache`]).
 ///
 /// Why AES-128 first: the handshake's transcript hash and HKDF run on the suite's hash, and
 /// SHA-256 has CPU instructions (SHA-NI) where SHA-384 has none: in the daemon's profile,
@@ -102,6 +103,7 @@ pub fn provider() -> CryptoProvider {
     CryptoProvider {
         kx_groups: vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1],
         cipher_suites,
+        signature_verification_algorithms: crate::verify_cache::algorithms(),
         ..defaults
     }
 }

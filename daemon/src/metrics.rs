@@ -187,6 +187,7 @@ impl Metrics {
         registry.register_collector(Box::new(m.devices.clone()));
         registry.register_collector(Box::new(m.workload.clone()));
         registry.register_collector(Box::new(m.audit.clone()));
+        registry.register_collector(Box::new(SignatureCollector));
         registry.register(
             "build",
             "mtlsd build information",
@@ -434,6 +435,33 @@ impl Collector for AuditCollector {
                 "audit_dropped",
                 "Audit records dropped because the queue was full (on_full = \"drop\")",
                 writer.dropped(),
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+/// Exports how many peer certificate signatures were verified and how many were answered
+/// from memory ([`mtlsd_crypto::verify_cache`]), read on every scrape.
+#[derive(Debug)]
+struct SignatureCollector;
+
+impl Collector for SignatureCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let stats = mtlsd_crypto::verify_cache::stats();
+        for (name, help, value) in [
+            (
+                "certificate_signatures_verified",
+                "Signatures on peer certificates and CRLs verified by computation",
+                stats.verified,
+            ),
+            (
+                "certificate_signatures_remembered",
+                "Signatures on peer certificates and CRLs found already verified (no computation)",
+                stats.remembered,
             ),
         ] {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

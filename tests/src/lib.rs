@@ -506,14 +506,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A plain rustls client trusting `bundle` (checking the DNS name `localhost`), presenting `cert` if given.
 pub fn client_config(bundle: &Path, cert: Option<&CertFiles>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(bundle).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots);
+        .with_root_certificates(roots_of(bundle));
     Arc::new(match cert {
         Some(files) => {
             let chain = CertificateDer::pem_file_iter(&files.cert)
@@ -525,6 +521,31 @@ pub fn client_config(bundle: &Path, cert: Option<&CertFiles>) -> Arc<ClientConfi
         }
         None => builder.with_no_client_auth(),
     })
+}
+
+/// A rustls client trusting `bundle` that presents `chain` (leaf first, as given, even if
+/// altered) with `key`.
+pub fn client_config_presenting(
+    bundle: &Path,
+    chain: Vec<CertificateDer<'static>>,
+    key: &Path,
+) -> Arc<ClientConfig> {
+    Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots_of(bundle))
+            .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
+            .unwrap(),
+    )
+}
+
+fn roots_of(bundle: &Path) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(bundle).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
 }
 
 /// Connects and completes the client side of a TLS handshake with `localhost`.

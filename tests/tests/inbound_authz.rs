@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use mtlsd::ca::LeafSpec;
 use mtlsd_e2e::*;
+use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
 const TD: &str = "example.org";
@@ -245,4 +246,96 @@ async fn a_policy_refusal_is_an_access_denied_alert_that_curl_and_outbound_repor
             .contains("AccessDenied"),
         "{closed}"
     );
+}
+
+/// The daemon's counts of certificate signatures: (verified by computation, remembered).
+fn signature_counts(daemon: &Daemon) -> (f64, f64) {
+    let (_, text) = admin_request(daemon.admin_addr(), "/metrics", None);
+    let read = |name: &str| metric(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+    (
+        read("mtlsd_certificate_signatures_verified_total"),
+        read("mtlsd_certificate_signatures_remembered_total"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconnecting_peer_s_signatures_are_verified_once_and_a_forged_one_is_still_refused() {
+    let pki = Pki::new(TD);
+    let upstream = http_upstream("hello\n").await;
+    let daemon = Daemon::start(
+        &(config(
+            &pki,
+            &pki.issue(&format!("spiffe://{TD}/web")),
+            upstream.addr,
+        ) + "[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    );
+    let client = pki.issue(&format!("spiffe://{TD}/frontend"));
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    let round_trip = |out: std::process::Output| {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).ends_with("hello\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // openssl s_client, a fresh process each time: two full handshakes, no resumption.
+    // (-quiet ignores EOF on stdin, so s_client reads until the server closes.)
+    let before = signature_counts(&daemon);
+    round_trip(s_client(
+        daemon.addr("web"),
+        &pki.bundle(),
+        &client,
+        &["-quiet"],
+        request,
+    ));
+    let first = signature_counts(&daemon);
+    let computed = first.0 - before.0;
+    assert!(computed >= 1.0, "{before:?} → {first:?}");
+    round_trip(s_client(
+        daemon.addr("web"),
+        &pki.bundle(),
+        &client,
+        &["-quiet"],
+        request,
+    ));
+    let second = signature_counts(&daemon);
+    assert_eq!(
+        second.0, first.0,
+        "nothing is computed again: {first:?} → {second:?}"
+    );
+    assert!(second.1 - first.1 >= computed, "{first:?} → {second:?}");
+
+    // The same certificate with one bit of its signature changed (its last byte is the end of
+    // the ECDSA `s`, so the DER still parses): the remembered answer must not apply.
+    let mut chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&client.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut forged = chain[0].to_vec();
+    *forged.last_mut().unwrap() ^= 1;
+    chain[0] = forged.into();
+    let config = client_config_presenting(&pki.bundle(), chain, &client.key);
+    // TLS 1.3: the client finishes first and learns of the refusal when it reads.
+    let refused = match tls_connect(daemon.addr("web"), config).await {
+        Ok(mut tls) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut reply = Vec::new();
+            tls.write_all(request).await.is_err() || tls.read_to_end(&mut reply).await.is_err()
+        }
+        Err(_) => true,
+    };
+    assert!(refused, "a forged signature was accepted");
+    let after = signature_counts(&daemon);
+    assert!(
+        after.0 > second.0,
+        "the forgery was not computed: {second:?} → {after:?}"
+    );
+    let log = daemon.wait_for_log("refusal", |l| l["message"] == "connection refused");
+    // Not signed by the CA it names: not issued by anything we trust.
+    assert_eq!(log["reason"], "unknown_issuer", "{log}");
+    assert!(
+        log["detail"].as_str().unwrap().contains("BadSignature"),
+        "{log}"
+    );
+    assert_eq!(upstream.connections(), 2);
 }
