@@ -5,6 +5,8 @@
 //! (the CA, keys, configs, the runtime) is excluded:
 //! - `full`: one full mTLS handshake in memory with mtlsd's own TLS configs (X25519, ECDSA
 //!   P-256), client and server side both, session tickets included;
+//! - `repeat`: a second full handshake of the same client and server, whose certificate
+//!   signatures both sides remember from the first (`mtlsd_crypto::verify_cache`);
 //! - `resumed`: one resumed handshake (ticket) after a priming one, both sides;
 //! - `forward`: 64 MiB through mtlsd's copy loop (`proxy::forward::splice`) between
 //!   in-memory pipes.
@@ -29,8 +31,12 @@ use serde_json::{Value, json};
 /// Options of `icount`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cases, comma-separated, from full, resumed, forward.
-    #[arg(long, value_delimiter = ',', default_value = "full,resumed,forward")]
+    /// Cases, comma-separated, from full, repeat, resumed, forward.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full,repeat,resumed,forward"
+    )]
     cases: Vec<String>,
     /// Runs one case once, without valgrind: what each callgrind run executes.
     #[arg(long, hide = true)]
@@ -44,6 +50,14 @@ const FORWARD_BYTES: usize = 64 * 1024 * 1024;
 
 #[inline(never)]
 fn icount_case_full(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) {
+    assert_eq!(
+        handshake_in_memory(server, client),
+        Some(rustls::HandshakeKind::Full)
+    );
+}
+
+#[inline(never)]
+fn icount_case_repeat(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) {
     assert_eq!(
         handshake_in_memory(server, client),
         Some(rustls::HandshakeKind::Full)
@@ -90,6 +104,17 @@ fn inner(case: &str) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             icount_case_full(&server, &client);
         }
+        "repeat" => {
+            let server = server_id
+                .server_config(&ServerResumption::Off)
+                .map_err(|e| e.to_string())?;
+            let client = client_id
+                .client_config(&server_id.svid.id, false, false)
+                .map_err(|e| e.to_string())?;
+            // The first, uncounted: it leaves both chains' signatures remembered.
+            handshake_in_memory(&server, &client);
+            icount_case_repeat(&server, &client);
+        }
         "resumed" => {
             let ticketer = Ticketer::new(
                 KeySource::Generated {
@@ -119,7 +144,7 @@ fn inner(case: &str) -> Result<(), String> {
         }
         other => {
             return Err(format!(
-                "unknown case {other:?}; expected full, resumed or forward"
+                "unknown case {other:?}; expected full, repeat, resumed or forward"
             ));
         }
     }

@@ -245,18 +245,26 @@ fn mtlsd_bench_icount_counts_the_instructions_of_a_full_handshake_under_callgrin
         return;
     }
     let count = || {
-        let out = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_mtlsd-bench")).args(["icount", "--cases", "full"]),
-        );
+        let out = run_ok(Command::new(env!("CARGO_BIN_EXE_mtlsd-bench")).args([
+            "icount",
+            "--cases",
+            "full,repeat",
+        ]));
         let report: Value = serde_json::from_str(&out).expect("one JSON object");
-        report["instructions"]["full"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no count in {report}"))
+        let case = |name: &str| {
+            report["instructions"][name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {name} count in {report}"))
+        };
+        (case("full"), case("repeat"))
     };
-    let (a, b) = (count(), count());
+    let ((a, repeat), (b, _)) = (count(), count());
     // A handshake is millions of instructions, and two runs agree to well under 1 %.
     assert!(a > 1_000_000, "{a}");
     assert!(a.abs_diff(b) * 100 < a, "{a} vs {b}");
+    // The same peers again: each side remembers the other's two certificate signatures, and
+    // four ECDSA verifications are most of a handshake's instructions.
+    assert!(repeat * 4 < a * 3, "repeat {repeat} vs first {a}");
 }
 
 #[test]

@@ -51,21 +51,24 @@ impl TrustDomains {
         self.roots.get(trust_domain)
     }
 
-    /// The roots a certificate is verified against: those of the trust domain its SPIFFE ID
-    /// names, or ours when it names none we know (and the SPIFFE check refuses it after).
-    fn roots_for(&self, cert: &CertificateDer<'_>) -> &str {
-        match spiffe_id_of(cert) {
-            Ok(id) if self.roots.contains_key(id.trust_domain()) => self
+    /// The leaf's SPIFFE ID as read (one parse), and the trust domain whose roots its chain
+    /// is verified against: the one the ID names, or ours when it names none we know (the
+    /// SPIFFE check refuses it after).
+    fn read(&self, cert: &CertificateDer<'_>) -> (Result<SpiffeId, SvidError>, &str) {
+        let id = spiffe_id_of(cert);
+        let td = match &id {
+            Ok(id) => self
                 .roots
                 .get_key_value(id.trust_domain())
-                .map_or(&self.own, |(k, _)| k),
-            _ => &self.own,
-        }
+                .map_or(self.own.as_str(), |(k, _)| k.as_str()),
+            Err(_) => &self.own,
+        };
+        (id, td)
     }
 
-    /// Reads the peer's SPIFFE ID and insists its trust domain is one we accept.
-    fn peer_id(&self, cert: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
-        let id = spiffe_id_of(cert).map_err(svid_error)?;
+    /// Insists the peer's ID (as read) is one SPIFFE ID in a trust domain we accept.
+    fn admit(&self, id: Result<SpiffeId, SvidError>) -> Result<SpiffeId, Error> {
+        let id = id.map_err(svid_error)?;
         if !self.roots.contains_key(id.trust_domain()) {
             return Err(svid_error(SvidError::ForeignTrustDomain {
                 id,
@@ -106,6 +109,19 @@ impl SpiffeClientVerifier {
     fn own(&self) -> &Arc<dyn ClientCertVerifier> {
         &self.by_domain[&self.domains.own]
     }
+
+    /// Verifies the client's chain and returns its SPIFFE ID, reading the leaf once.
+    pub fn verify_peer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<SpiffeId, Error> {
+        let (id, td) = self.domains.read(end_entity);
+        // The chain first: a certificate we cannot trust is refused as such, whatever it names.
+        self.by_domain[td].verify_client_cert(end_entity, intermediates, now)?;
+        self.domains.admit(id)
+    }
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -119,9 +135,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let td = self.domains.roots_for(end_entity);
-        self.by_domain[td].verify_client_cert(end_entity, intermediates, now)?;
-        self.domains.peer_id(end_entity)?;
+        self.verify_peer(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -177,7 +191,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
-        let td = self.domains.roots_for(end_entity);
+        let (got, td) = self.domains.read(end_entity);
         let roots = self
             .domains
             .roots(td)
@@ -189,7 +203,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        let got = self.domains.peer_id(end_entity)?;
+        let got = self.domains.admit(got)?;
         if got != self.expected {
             return Err(svid_error(SvidError::UnexpectedServerId {
                 expected: self.expected.clone(),

@@ -23,18 +23,17 @@ use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
 use super::listener::{ConnContext, Route};
 use super::live::{PeerFacts, Registration};
 use super::outcome::HandshakeKind;
-use super::policy_verifier::PolicyVerifier;
+use super::policy_verifier::{PolicyVerifier, Verified};
 use super::route_state::RouteState;
 use super::{Closed, Outcome, Refusal, RefuseReason, client_hello, peer, proxy_protocol};
 use crate::audit::DecisionRecord;
 use crate::config::{InboundConfig, Mode, Upstream};
 use crate::http::HttpRoute;
 use crate::http::serve::{Connection as HttpConnection, PeerInfo};
-use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::identity::{SpiffeClientVerifier, SpiffeId, spiffe_id_of};
 use crate::metrics::{Direction, ListenerMetrics};
 use crate::policy::{Decision, Peer, Policy, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
-use rustls::server::danger::ClientCertVerifier;
 
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -46,7 +45,7 @@ pub struct Inbound {
     tls: TlsIdentity,
     resumption: ServerResumption,
     /// Chain and SPIFFE ID checks, built once; each connection adds the policy.
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: Arc<SpiffeClientVerifier>,
     policy: Arc<Policy>,
     state: RouteState,
     /// Per-request handling on a `protocol = "http"` listener.
@@ -246,14 +245,18 @@ impl Inbound {
         let refuse = |e: std::io::Error, past_hello: bool| {
             Refusal::new(RefuseReason::of_handshake(&e, !past_hello), e.to_string())
         };
-        let refused = Arc::new(OnceLock::new());
+        let verified = Arc::new(OnceLock::new());
         let config = self
-            .connection_config(&hello.raw, refused.clone())
+            .connection_config(&hello.raw, verified.clone())
             .map_err(|e| Refusal::new(RefuseReason::TlsError, e.to_string()))?;
         // A refusal by the policy inside the handshake is logged and counted as one after it:
         // the peer's certificate was verified, so its handshake counts as a full one.
         let refuse = |e: std::io::Error, past_hello: bool| {
-            let Some(id) = refused.get() else {
+            let Some(Verified {
+                id,
+                admitted: false,
+            }) = verified.get()
+            else {
                 return refuse(e, past_hello);
             };
             self.state
@@ -298,17 +301,21 @@ impl Inbound {
         if !early.is_empty() {
             self.state.metrics.early_data(early.len());
         }
-        // The verifier already insisted on exactly one SPIFFE ID in our trust domain.
         let chain = tls.connection().peer_certificates().unwrap_or_default();
-        let id = chain
-            .first()
-            .ok_or_else(|| {
-                Refusal::new(RefuseReason::NoClientCert, "no certificate after handshake")
-            })
-            .and_then(|cert| {
-                spiffe_id_of(cert)
-                    .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
-            })?;
+        // A full handshake's verifier read the ID (and insisted on exactly one SPIFFE ID in
+        // a trust domain we accept); a resumed session's comes from its certificate.
+        let id = match verified.get() {
+            Some(Verified { id, .. }) => id.clone(),
+            None => chain
+                .first()
+                .ok_or_else(|| {
+                    Refusal::new(RefuseReason::NoClientCert, "no certificate after handshake")
+                })
+                .and_then(|cert| {
+                    spiffe_id_of(cert)
+                        .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
+                })?,
+        };
         peer::check_chain(chain, &self.state.revocations, resumed)
             .map_err(|r| r.with_peer(id.as_str()))?;
         let rule = self
@@ -324,7 +331,7 @@ impl Inbound {
     }
 
     /// The TLS config for one connection: its verifier applies the listener's policy and
-    /// notes a refused ID in `refused`.
+    /// notes the verified ID and the policy's answer in `verified`.
     ///
     /// On a 0-RTT listener, a ClientHello that sends early data for a session no longer in
     /// our cache (a replay, or one from before a restart) will have that data rejected by
@@ -333,12 +340,12 @@ impl Inbound {
     fn connection_config(
         &self,
         raw: &[u8],
-        refused: Arc<OnceLock<SpiffeId>>,
+        verified: Arc<OnceLock<Verified>>,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let verifier = Arc::new(PolicyVerifier::new(
             self.verifier.clone(),
             self.policy.clone(),
-            refused,
+            verified,
         ));
         let resumption = match &self.resumption {
             ServerResumption::Cache { cache, early_data } if *early_data > 0 => {

@@ -4,8 +4,9 @@
 //! policy about the client's ID. A refusal fails the handshake with
 //! `ApplicationVerificationFailure`, which rustls sends as an `access_denied`
 //! alert: curl prints "alert access denied" instead of "Empty reply from
-//! server". The refused ID is left in a per-connection slot, so the proxy logs
-//! and counts the refusal exactly as it does one decided after the handshake.
+//! server". The verified ID and the policy's answer are left in a per-connection
+//! slot, so the proxy logs and counts a refusal exactly as it does one decided
+//! after the handshake, and does not read the leaf again for an admitted peer.
 //!
 //! A resumed session skips certificate verification, so the proxy still
 //! authorizes every connection after its handshake; a resumed peer that the
@@ -18,28 +19,38 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
-use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::identity::{SpiffeClientVerifier, SpiffeId};
 use crate::policy::{Decision, Peer, Policy};
+
+/// A client whose chain and SPIFFE ID were verified in the handshake, and the policy's answer.
+#[derive(Debug)]
+pub struct Verified {
+    /// The client's SPIFFE ID.
+    pub id: SpiffeId,
+    /// Whether the policy admitted it.
+    pub admitted: bool,
+}
 
 /// A client verifier for one connection: the listener's verifier, then its policy.
 #[derive(Debug)]
 pub struct PolicyVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    inner: Arc<SpiffeClientVerifier>,
     policy: Arc<Policy>,
-    refused: Arc<OnceLock<SpiffeId>>,
+    verified: Arc<OnceLock<Verified>>,
 }
 
 impl PolicyVerifier {
-    /// Verifies with `inner`, then refuses IDs `policy` does not admit, noting them in `refused`.
+    /// Verifies with `inner`, then refuses IDs `policy` does not admit; either way the ID and
+    /// the answer go to `verified`.
     pub fn new(
-        inner: Arc<dyn ClientCertVerifier>,
+        inner: Arc<SpiffeClientVerifier>,
         policy: Arc<Policy>,
-        refused: Arc<OnceLock<SpiffeId>>,
+        verified: Arc<OnceLock<Verified>>,
     ) -> Self {
         Self {
             inner,
             policy,
-            refused,
+            verified,
         }
     }
 }
@@ -55,21 +66,15 @@ impl ClientCertVerifier for PolicyVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        // The inner verifier already insisted on exactly one SPIFFE ID in our trust domain.
-        let Ok(id) = spiffe_id_of(end_entity) else {
-            return Ok(verified);
-        };
-        match self.policy.authorize(Peer::Spiffe(&id)) {
-            Decision::Allow(_) => Ok(verified),
-            Decision::Deny(_) | Decision::NoMatch => {
-                let _ = self.refused.set(id);
-                Err(Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ))
-            }
+        let id = self.inner.verify_peer(end_entity, intermediates, now)?;
+        let admitted = matches!(self.policy.authorize(Peer::Spiffe(&id)), Decision::Allow(_));
+        let _ = self.verified.set(Verified { id, admitted });
+        if admitted {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 

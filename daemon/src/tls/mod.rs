@@ -167,7 +167,7 @@ impl TlsIdentity {
 
     /// The verifier of client SVIDs: a chain to its own trust domain's bundle and one SPIFFE ID
     /// in a trust domain we accept.
-    pub fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+    pub fn client_verifier(&self) -> Result<Arc<SpiffeClientVerifier>, rustls::Error> {
         let verifier = SpiffeClientVerifier::new(&self.trust_domains(), self.provider.clone())
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         Ok(Arc::new(verifier))
