@@ -22,6 +22,7 @@
 #[cfg(feature = "pkcs11")]
 mod der;
 mod error;
+mod hkdf;
 mod key_ref;
 pub mod offload;
 #[cfg(feature = "openssl")]

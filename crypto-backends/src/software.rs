@@ -87,8 +87,9 @@ impl Software {
 }
 
 /// The rustls provider mtlsd uses: aws-lc-rs with post-quantum hybrid key exchange first,
-/// TLS 1.3's AES-128-GCM-SHA256 first among the cipher suites, and certificate signatures
-/// verified once ([`crate::verify_cache`]).
+/// TLS 1.3's AES-128-GCM-SHA256 first among the cipher suites, its key schedule on HMAC keys
+/// prepared once ([`crate::hkdf`]), and certificate signatures verified once
+/// ([`crate::verify_cache`]).
 ///
 /// Why AES-128 first: the handshake's transcript hash and HKDF run on the suite's hash, and
 /// SHA-256 has CPU instructions (SHA-NI) where SHA-384 has none: in the daemon's profile,
@@ -97,7 +98,11 @@ impl Software {
 pub fn provider() -> CryptoProvider {
     use aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};
     let defaults = aws_lc_rs::default_provider();
-    let mut cipher_suites = defaults.cipher_suites.clone();
+    let mut cipher_suites: Vec<_> = defaults
+        .cipher_suites
+        .iter()
+        .map(|s| crate::hkdf::prepared(*s))
+        .collect();
     // Stable: everything else keeps aws-lc-rs' order.
     cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     CryptoProvider {
