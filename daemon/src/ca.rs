@@ -1150,7 +1150,7 @@ mod revocation_tests {
     use rustls_pki_types::pem::PemObject;
 
     use super::*;
-    use crate::identity::Revocations;
+    use crate::identity::{ParsedChain, Revocations};
 
     fn ca() -> (tempfile::TempDir, Authority) {
         let dir = tempfile::tempdir().unwrap();
@@ -1188,9 +1188,11 @@ mod revocation_tests {
         assert_eq!(revoked.len(), 1);
         let list = Revocations::load(&crl).unwrap();
         assert_eq!(list.len(), 1);
-        let err = list.check(&a_chain).unwrap_err();
+        let err = list
+            .check(&ParsedChain::parse(&a_chain).unwrap())
+            .unwrap_err();
         assert_eq!(err.serial, a.serial);
-        assert!(list.check(&b_chain).is_ok());
+        assert!(list.check(&ParsedChain::parse(&b_chain).unwrap()).is_ok());
         assert!(ca.issued().unwrap()[0].revoked_at.is_some());
 
         // Revoking twice is an error that says so; revoking by ID takes every live leaf of it.
@@ -1201,7 +1203,10 @@ mod revocation_tests {
             .unwrap();
         assert_eq!(by_id.len(), 2);
         let list = Revocations::load(&crl).unwrap();
-        assert!(list.check(&b_chain).is_err() && list.check(&b2_chain).is_err());
+        assert!(
+            list.check(&ParsedChain::parse(&b_chain).unwrap()).is_err()
+                && list.check(&ParsedChain::parse(&b2_chain).unwrap()).is_err()
+        );
     }
 
     #[test]

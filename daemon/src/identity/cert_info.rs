@@ -91,14 +91,33 @@ pub enum ValidityError {
     Malformed,
 }
 
+/// A peer's chain (leaf first) parsed once, for every check made after the handshake.
+pub struct ParsedChain<'a>(Vec<X509Certificate<'a>>);
+
+impl<'a> ParsedChain<'a> {
+    /// Parses every certificate of `chain`.
+    pub fn parse(chain: &'a [CertificateDer<'_>]) -> Result<Self, ValidityError> {
+        chain
+            .iter()
+            .map(|c| X509Certificate::from_der(c).map(|(_, x509)| x509))
+            .collect::<Result<_, _>>()
+            .map(Self)
+            .map_err(|_| ValidityError::Malformed)
+    }
+
+    /// The certificates, leaf first.
+    pub fn certs(&self) -> &[X509Certificate<'a>] {
+        &self.0
+    }
+}
+
 /// Checks that every certificate of `chain` is within its validity period now.
 ///
 /// A resumed session skips certificate verification, so this is what keeps a
 /// ticket from outliving the certificate it was issued for.
-pub fn check_validity(chain: &[CertificateDer<'_>]) -> Result<(), ValidityError> {
+pub fn check_validity(chain: &ParsedChain<'_>) -> Result<(), ValidityError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    for cert in chain {
-        let (_, x509) = X509Certificate::from_der(cert).map_err(|_| ValidityError::Malformed)?;
+    for x509 in chain.certs() {
         let validity = x509.validity();
         if now > validity.not_after.timestamp() {
             return Err(ValidityError::Expired {

@@ -10,12 +10,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::CertificateRevocationListDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use super::IdentityError;
+use super::{IdentityError, ParsedChain};
 
 /// The set of revoked (issuer, serial) pairs from every configured CRL.
 #[derive(Debug, Clone, Default)]
@@ -81,14 +81,11 @@ impl Revocations {
     }
 
     /// Fails with the first certificate of `chain` that a CRL revokes.
-    pub fn check(&self, chain: &[CertificateDer<'_>]) -> Result<(), Revoked> {
+    pub fn check(&self, chain: &ParsedChain<'_>) -> Result<(), Revoked> {
         if self.revoked.is_empty() {
             return Ok(());
         }
-        for cert in chain {
-            let Ok((_, x509)) = X509Certificate::from_der(cert) else {
-                continue;
-            };
+        for x509 in chain.certs() {
             let key = (
                 x509.issuer().as_raw().to_vec(),
                 x509.tbs_certificate.raw_serial().to_vec(),

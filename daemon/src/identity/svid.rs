@@ -56,6 +56,11 @@ pub enum SvidError {
 /// Extracts the single SPIFFE ID from a certificate's URI SAN.
 pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
     let (_, x509) = X509Certificate::from_der(cert).map_err(|_| SvidError::Malformed)?;
+    spiffe_id_in(&x509)
+}
+
+/// Extracts the single SPIFFE ID from an already parsed certificate's URI SAN.
+pub fn spiffe_id_in(x509: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     let san = x509
         .subject_alternative_name()
         .map_err(|_| SvidError::Malformed)?;

@@ -30,7 +30,7 @@ use crate::audit::DecisionRecord;
 use crate::config::{InboundConfig, Mode, Upstream};
 use crate::http::HttpRoute;
 use crate::http::serve::{Connection as HttpConnection, PeerInfo};
-use crate::identity::{SpiffeClientVerifier, SpiffeId, spiffe_id_of};
+use crate::identity::{SpiffeClientVerifier, SpiffeId};
 use crate::metrics::{Direction, ListenerMetrics};
 use crate::policy::{Decision, Peer, Policy, UNAUTHENTICATED};
 use crate::tls::{ServerResumption, TlsIdentity};
@@ -129,7 +129,7 @@ impl Inbound {
         // The handshake's state (ClientHello, rustls' handshake, the policy) lives on the heap
         // and is freed when it ends: inline, it would size this future, which an idle
         // connection holds for its whole life, at several KiB.
-        let admitted = timeout_at(deadline, Box::pin(self.admit(stream, src)))
+        let (admitted, facts) = timeout_at(deadline, Box::pin(self.admit(stream, src)))
             .await
             .map_err(|_| {
                 Refusal::new(
@@ -142,13 +142,6 @@ impl Inbound {
                 (id.as_str().to_owned(), rule.clone(), Some(*kind))
             }
             Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone(), None),
-        };
-        let facts = match &admitted {
-            Admitted::Tls { stream, id, .. } => Some(PeerFacts::of(
-                id.clone(),
-                stream.connection().peer_certificates().unwrap_or_default(),
-            )),
-            Admitted::Plaintext { .. } => None,
         };
         let peer_serial = facts.as_ref().and_then(PeerFacts::leaf_serial);
         // On the record before the first byte moves (and on disk first, with every_record).
@@ -206,7 +199,13 @@ impl Inbound {
     }
 
     /// Handshake and policy: returns an authorized peer or the reason it was refused.
-    async fn admit(&self, mut stream: TcpStream, src: SocketAddr) -> Result<Admitted, Refusal> {
+    ///
+    /// A TLS peer comes with the facts its re-checks need.
+    async fn admit(
+        &self,
+        mut stream: TcpStream,
+        src: SocketAddr,
+    ) -> Result<(Admitted, Option<PeerFacts>), Refusal> {
         // Counted from accept until the handshake ends, so one address cannot fill the
         // pre-handshake phase with connections that never finish.
         let _source = self.state.sources.enter(src.ip()).ok_or_else(|| {
@@ -221,7 +220,7 @@ impl Inbound {
 
         if self.config.mode == Mode::Permissive && !starts_with_tls(&stream).await? {
             let rule = self.authorize(Peer::Unauthenticated)?;
-            return Ok(Admitted::Plaintext { stream, rule });
+            return Ok((Admitted::Plaintext { stream, rule }, None));
         }
 
         // No handshake slot until the whole ClientHello is here.
@@ -301,33 +300,25 @@ impl Inbound {
         if !early.is_empty() {
             self.state.metrics.early_data(early.len());
         }
-        let chain = tls.connection().peer_certificates().unwrap_or_default();
         // A full handshake's verifier read the ID (and insisted on exactly one SPIFFE ID in
         // a trust domain we accept); a resumed session's comes from its certificate.
-        let id = match verified.get() {
-            Some(Verified { id, .. }) => id.clone(),
-            None => chain
-                .first()
-                .ok_or_else(|| {
-                    Refusal::new(RefuseReason::NoClientCert, "no certificate after handshake")
-                })
-                .and_then(|cert| {
-                    spiffe_id_of(cert)
-                        .map_err(|e| Refusal::new(RefuseReason::NoSpiffeId, e.to_string()))
-                })?,
-        };
-        peer::check_chain(chain, &self.state.revocations, resumed)
-            .map_err(|r| r.with_peer(id.as_str()))?;
+        let known = verified.get().map(|v| v.id.clone());
+        let chain = tls.connection().peer_certificates().unwrap_or_default();
+        let facts = peer::admit_chain(chain, known, &self.state.revocations, resumed)?;
+        let id = facts.id.clone();
         let rule = self
             .authorize(Peer::Spiffe(&id))
             .map_err(|r| r.with_peer(id.as_str()))?;
-        Ok(Admitted::Tls {
-            stream: tls,
-            id,
-            rule,
-            early,
-            kind,
-        })
+        Ok((
+            Admitted::Tls {
+                stream: tls,
+                id,
+                rule,
+                early,
+                kind,
+            },
+            Some(facts),
+        ))
     }
 
     /// The TLS config for one connection: its verifier applies the listener's policy and

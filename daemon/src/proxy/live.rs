@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+use x509_parser::prelude::{ParsedExtension, X509Certificate};
 
 use super::outcome::CloseReason;
-use crate::identity::SpiffeId;
+use crate::identity::{ParsedChain, SpiffeId};
 use crate::metrics::Direction;
 
 /// What a re-check needs to know about a connection's peer, kept small: a few hundred bytes.
@@ -87,15 +86,13 @@ impl Anchor {
 
 impl PeerFacts {
     /// The facts of a peer with `id` that presented `chain` (leaf first).
-    pub fn of(id: SpiffeId, chain: &[CertificateDer<'_>]) -> Self {
-        let mut serials = Vec::with_capacity(chain.len());
+    pub fn of(id: SpiffeId, chain: &ParsedChain<'_>) -> Self {
+        let mut serials = Vec::with_capacity(chain.certs().len());
         let mut anchor = Anchor::default();
-        for cert in chain {
-            if let Ok((_, x509)) = X509Certificate::from_der(cert) {
-                let issuer = x509.issuer().as_raw().to_vec();
-                serials.push((issuer, x509.tbs_certificate.raw_serial().to_vec()));
-                anchor = Anchor::issuer_of(&x509);
-            }
+        for x509 in chain.certs() {
+            let issuer = x509.issuer().as_raw().to_vec();
+            serials.push((issuer, x509.tbs_certificate.raw_serial().to_vec()));
+            anchor = Anchor::issuer_of(x509);
         }
         Self {
             id,

@@ -80,7 +80,7 @@ impl Outbound {
         let _ = local.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
         // On the heap only while it runs: see the inbound handshake.
-        let (remote, kind) =
+        let (remote, kind, facts) =
             timeout_at(deadline, Box::pin(self.dial()))
                 .await
                 .map_err(|_| {
@@ -92,8 +92,6 @@ impl Outbound {
                         ),
                     )
                 })??;
-        let chain = remote.get_ref().1.peer_certificates().unwrap_or_default();
-        let facts = PeerFacts::of(self.config.server_id.clone(), chain);
         let peer_serial = facts.leaf_serial();
         let src = local
             .peer_addr()
@@ -141,7 +139,7 @@ impl Outbound {
     ///
     /// The stream is boxed: it is moved into the copy loop, and each move of its 1 KiB
     /// inline would take another copy's room in the connection's future.
-    async fn dial(&self) -> Result<(Box<TlsStream<TcpStream>>, HandshakeKind), Refusal> {
+    async fn dial(&self) -> Result<(Box<TlsStream<TcpStream>>, HandshakeKind, PeerFacts), Refusal> {
         let _slot = self.state.handshake_slot().await;
         let unavailable = |detail: String| {
             Refusal::new(
@@ -174,9 +172,14 @@ impl Outbound {
             _ => HandshakeKind::Full,
         };
         let chain = conn.peer_certificates().unwrap_or_default();
-        peer::check_chain(chain, &self.state.revocations, kind != HandshakeKind::Full)
-            .map_err(|r| r.with_peer(self.config.server_id.as_str()))?;
+        // The verifier (or, resumed, the session) established the server's ID.
+        let facts = peer::admit_chain(
+            chain,
+            Some(self.config.server_id.clone()),
+            &self.state.revocations,
+            kind != HandshakeKind::Full,
+        )?;
         self.state.metrics.handshake(kind, started.elapsed());
-        Ok((Box::new(tls), kind))
+        Ok((Box::new(tls), kind, facts))
     }
 }

@@ -26,8 +26,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::config::{Config, ConfigError, format_duration, parse_duration};
 use mtlsd::identity::{
-    CertInfo, Revocations, SpiffeId, Svid, check_validity, load_bundle, load_certs, spiffe_id_of,
-    validate_trust_domain,
+    CertInfo, ParsedChain, Revocations, SpiffeId, Svid, check_validity, load_bundle, load_certs,
+    spiffe_id_of, validate_trust_domain,
 };
 use mtlsd::policy::{Decision, Peer, Policy, Principal};
 use mtlsd::proxy::client_hello;
@@ -259,7 +259,9 @@ pub fn cert_pem(data: &[u8]) {
             serde_json::to_string(&info).expect("a certificate summary serializes for /certs");
         }
     }
-    let _ = check_validity(&certs);
+    if let Ok(parsed) = ParsedChain::parse(&certs) {
+        let _ = check_validity(&parsed);
+    }
     let _ = load_bundle(&path);
     let key = KeyRef::File(path.clone());
     let _ = Svid::from_chain(certs, &path, &key, pki().spare_key.clone());
@@ -270,7 +272,9 @@ pub fn crl(data: &[u8]) {
     let path = scratch_file("crl", data);
     if let Ok(revocations) = Revocations::load(&[path]) {
         let _ = (revocations.len(), revocations.files());
-        let _ = revocations.check(&pki().server.svid.certified_key.cert);
+        let chain = ParsedChain::parse(&pki().server.svid.certified_key.cert)
+            .expect("the fixture's own chain parses");
+        let _ = revocations.check(&chain);
     }
 }
 
