@@ -27,33 +27,41 @@ const BUF_SIZE: usize = 16 * 1024;
 ///
 /// Bytes are added to `metrics` as they move, so long-lived connections show up
 /// in the byte counters before they close.
-pub async fn splice<P, U>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
+pub fn splice<P, U>(
     peer: P,
     upstream: U,
     idle_timeout: Duration,
     hard_stop: &CancellationToken,
     metrics: &ListenerMetrics,
-) -> Forwarded
+) -> impl Future<Output = Forwarded>
 where
     P: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Activity::new();
-    let mut peer = Metered::new(peer, &activity, &metrics.from_peer);
-    let mut upstream = Metered::new(upstream, &activity, &metrics.to_peer);
-    let (reason, error) = tokio::select! {
-        r = copy_bidirectional(&mut peer, &mut upstream, &metrics.buffer_bytes) => match r {
-            Ok(_) => (CloseReason::Completed, None),
-            Err(e) => (CloseReason::of_error(&e), Some(e)),
-        },
-        () = activity.idle_for(idle_timeout) => (CloseReason::IdleTimeout, None),
-        () = hard_stop.cancelled() => (CloseReason::ShutdownGraceElapsed, None),
-    };
-    Forwarded {
-        from_peer: peer.bytes_read,
-        to_peer: upstream.bytes_read,
-        reason,
-        error,
+    // Not `async fn`, which would keep `peer` and `upstream` twice (as arguments and as
+    // locals) in every idle connection's task; the block captures them once.
+    async move {
+        let activity = Activity::new();
+        let mut peer = Metered::new(peer, &activity, &metrics.from_peer);
+        let mut upstream = Metered::new(upstream, &activity, &metrics.to_peer);
+        let (reason, error) = tokio::select! {
+            r = copy_bidirectional(&mut peer, &mut upstream, &metrics.buffer_bytes) => match r {
+                Ok(_) => (CloseReason::Completed, None),
+                Err(e) => (CloseReason::of_error(&e), Some(e)),
+            },
+            () = activity.idle_for(idle_timeout) => (CloseReason::IdleTimeout, None),
+            () = hard_stop.cancelled() => (CloseReason::ShutdownGraceElapsed, None),
+        };
+        Forwarded {
+            from_peer: peer.bytes_read,
+            to_peer: upstream.bytes_read,
+            reason,
+            error,
+        }
     }
 }
 

@@ -120,92 +120,113 @@ impl Inbound {
     }
 
     /// Admits, forwards and closes one accepted connection.
-    pub async fn handle(&self, stream: TcpStream, src: SocketAddr, conn: ConnContext) -> Outcome {
-        let hard_stop = &conn.hard_stop;
-        let started = Instant::now();
-        let local = stream.local_addr().unwrap_or(self.config.listen);
-        let _ = stream.set_nodelay(true);
-        let deadline = started + self.config.limits.handshake_timeout;
-        // The handshake's state (ClientHello, rustls' handshake, the policy) lives on the heap
-        // and is freed when it ends: inline, it would size this future, which an idle
-        // connection holds for its whole life, at several KiB.
-        let (admitted, facts) = timeout_at(deadline, Box::pin(self.admit(stream, src)))
-            .await
-            .map_err(|_| {
-                Refusal::new(
-                    RefuseReason::HandshakeTimeout,
-                    "no authorized peer within handshake_timeout",
-                )
-            })??;
-        let (peer_id, rule, handshake) = match &admitted {
-            Admitted::Tls { id, rule, kind, .. } => {
-                (id.as_str().to_owned(), rule.clone(), Some(*kind))
-            }
-            Admitted::Plaintext { rule, .. } => (UNAUTHENTICATED.to_owned(), rule.clone(), None),
-        };
-        let peer_serial = facts.as_ref().and_then(PeerFacts::leaf_serial);
-        // On the record before the first byte moves (and on disk first, with every_record).
-        if let Some(synced) = conn.decisions.record_durably(DecisionRecord {
-            src: src.to_string(),
-            peer_id: Some(peer_id.clone()),
-            peer_serial: peer_serial.clone(),
-            outcome: "allow",
-            decision: "allow".to_owned(),
-            rule: Some(rule.clone()),
-            ..DecisionRecord::new("admitted", &self.config.name, Direction::Inbound.as_str())
-        }) {
-            let _ = synced.await;
-        }
-        // Registered so a policy, CRL or bundle change re-checks it while it is open.
-        let registration = facts.map(|facts| {
-            conn.live.register(
-                &self.config.name,
-                Direction::Inbound,
-                facts,
-                self.config.limits.max_connection_lifetime,
-                hard_stop,
-            )
-        });
-        let stop = registration.as_ref().map_or(hard_stop, Registration::token);
-        let mut forwarded = match (&self.http, &admitted) {
-            (Some(http), Admitted::Tls { .. }) => {
-                // Boxed for the same reason: a plain TCP connection should not carry HTTP's size.
-                Box::pin(self.serve_http(http.clone(), admitted, src, &conn, stop)).await
-            }
-            _ => match self.connect_upstream().await {
-                Ok(UpstreamStream::Tcp(up)) => self.forward(admitted, up, src, local, stop).await,
-                Ok(UpstreamStream::Unix(up)) => self.forward(admitted, up, src, local, stop).await,
-                Err(e) => {
-                    return Err(Refusal::new(
-                        RefuseReason::UpstreamUnavailable,
-                        format!("{}: {e}", self.config.forward),
+    ///
+    /// Not `async fn`, like [`Inbound::forward`]: the block captures the arguments once.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice"
+    )]
+    pub fn handle(
+        &self,
+        stream: TcpStream,
+        src: SocketAddr,
+        conn: ConnContext,
+    ) -> impl Future<Output = Outcome> + '_ {
+        async move {
+            let hard_stop = &conn.hard_stop;
+            let started = Instant::now();
+            let local = stream.local_addr().unwrap_or(self.config.listen);
+            let _ = stream.set_nodelay(true);
+            let deadline = started + self.config.limits.handshake_timeout;
+            // The handshake's state (ClientHello, rustls' handshake, the policy) lives on the heap
+            // and is freed when it ends: inline, it would size this future, which an idle
+            // connection holds for its whole life, at several KiB.
+            let (admitted, facts) = timeout_at(deadline, Box::pin(self.admit(stream, src)))
+                .await
+                .map_err(|_| {
+                    Refusal::new(
+                        RefuseReason::HandshakeTimeout,
+                        "no authorized peer within handshake_timeout",
                     )
-                    .with_peer(&peer_id));
+                })??;
+            let (peer_id, rule, handshake) = match &admitted {
+                Admitted::Tls { id, rule, kind, .. } => {
+                    (id.as_str().to_owned(), rule.clone(), Some(*kind))
                 }
-            },
-        };
-        if let Some(reason) = registration.as_ref().and_then(Registration::closed_for) {
-            forwarded.reason = reason;
+                Admitted::Plaintext { rule, .. } => {
+                    (UNAUTHENTICATED.to_owned(), rule.clone(), None)
+                }
+            };
+            let peer_serial = facts.as_deref().and_then(PeerFacts::leaf_serial);
+            // On the record before the first byte moves (and on disk first, with every_record).
+            if let Some(synced) = conn.decisions.record_durably(DecisionRecord {
+                src: src.to_string(),
+                peer_id: Some(peer_id.clone()),
+                peer_serial: peer_serial.clone(),
+                outcome: "allow",
+                decision: "allow".to_owned(),
+                rule: Some(rule.clone()),
+                ..DecisionRecord::new("admitted", &self.config.name, Direction::Inbound.as_str())
+            }) {
+                let _ = synced.await;
+            }
+            // Registered so a policy, CRL or bundle change re-checks it while it is open.
+            let registration = facts.map(|facts| {
+                conn.live.register(
+                    &self.config.name,
+                    Direction::Inbound,
+                    *facts,
+                    self.config.limits.max_connection_lifetime,
+                    hard_stop,
+                )
+            });
+            let stop = registration.as_ref().map_or(hard_stop, Registration::token);
+            let mut forwarded = match (&self.http, &admitted) {
+                (Some(http), Admitted::Tls { .. }) => {
+                    // Boxed for the same reason: a plain TCP connection should not carry HTTP's size.
+                    Box::pin(self.serve_http(http.clone(), admitted, src, &conn, stop)).await
+                }
+                _ => match self.connect_upstream().await {
+                    Ok(UpstreamStream::Tcp(up)) => {
+                        self.forward(admitted, up, src, local, stop).await
+                    }
+                    Ok(UpstreamStream::Unix(up)) => {
+                        self.forward(admitted, up, src, local, stop).await
+                    }
+                    Err(e) => {
+                        return Err(Refusal::new(
+                            RefuseReason::UpstreamUnavailable,
+                            format!("{}: {e}", self.config.forward),
+                        )
+                        .with_peer(&peer_id));
+                    }
+                },
+            };
+            if let Some(reason) = registration.as_ref().and_then(Registration::closed_for) {
+                forwarded.reason = reason;
+            }
+            Ok(Closed {
+                peer_id,
+                rule: Some(rule),
+                peer_serial,
+                handshake,
+                upstream: self.config.forward.to_string(),
+                forwarded,
+                duration: started.elapsed(),
+            })
         }
-        Ok(Closed {
-            peer_id,
-            rule: Some(rule),
-            peer_serial,
-            handshake,
-            upstream: self.config.forward.to_string(),
-            forwarded,
-            duration: started.elapsed(),
-        })
     }
 
     /// Handshake and policy: returns an authorized peer or the reason it was refused.
     ///
-    /// A TLS peer comes with the facts its re-checks need.
+    /// A TLS peer comes with the facts its re-checks need, boxed: moved into the registry
+    /// before forwarding starts, they would otherwise leave their size in the connection's
+    /// task for its whole life.
     async fn admit(
         &self,
         mut stream: TcpStream,
         src: SocketAddr,
-    ) -> Result<(Admitted, Option<PeerFacts>), Refusal> {
+    ) -> Result<(Admitted, Option<Box<PeerFacts>>), Refusal> {
         // Counted from accept until the handshake ends, so one address cannot fill the
         // pre-handshake phase with connections that never finish.
         let _source = self.state.sources.enter(src.ip()).ok_or_else(|| {
@@ -317,7 +338,7 @@ impl Inbound {
                 early,
                 kind,
             },
-            Some(facts),
+            Some(Box::new(facts)),
         ))
     }
 
@@ -443,61 +464,72 @@ impl Inbound {
             .await
     }
 
-    async fn forward<U>(
+    /// Forwards an admitted peer to the upstream until either side is done.
+    ///
+    /// Not `async fn`: an async fn keeps each argument twice for as long as it runs (once as
+    /// an argument, once as a local), and an idle connection's task holds this state for its
+    /// whole life. The block captures them once.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep its arguments twice"
+    )]
+    fn forward<U>(
         &self,
         admitted: Admitted,
         mut upstream: U,
         src: SocketAddr,
         local: SocketAddr,
         hard_stop: &CancellationToken,
-    ) -> Forwarded
+    ) -> impl Future<Output = Forwarded>
     where
         U: AsyncRead + AsyncWrite + Unpin,
     {
-        let idle = self.config.limits.idle_timeout;
-        match admitted {
-            Admitted::Tls {
-                stream, id, early, ..
-            } => {
-                if self.config.proxy_protocol {
-                    let version = match stream.connection().protocol_version() {
-                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                        _ => "TLSv1.3",
-                    };
-                    let tls = proxy_protocol::TlsInfo {
-                        spiffe_id: &id,
-                        version,
-                        early_data: u32::try_from(early.len()).unwrap_or(u32::MAX),
-                    };
-                    if let Err(e) = upstream
-                        .write_all(&proxy_protocol::encode(src, local, Some(tls)))
-                        .await
+        async move {
+            let idle = self.config.limits.idle_timeout;
+            match admitted {
+                Admitted::Tls {
+                    stream, id, early, ..
+                } => {
+                    if self.config.proxy_protocol {
+                        let version = match stream.connection().protocol_version() {
+                            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                            _ => "TLSv1.3",
+                        };
+                        let tls = proxy_protocol::TlsInfo {
+                            spiffe_id: &id,
+                            version,
+                            early_data: u32::try_from(early.len()).unwrap_or(u32::MAX),
+                        };
+                        if let Err(e) = upstream
+                            .write_all(&proxy_protocol::encode(src, local, Some(tls)))
+                            .await
+                        {
+                            return Forwarded::failed(e);
+                        }
+                    }
+                    if !early.is_empty() {
+                        // Authorized by now: the early bytes go first, exactly once.
+                        if let Err(e) = upstream.write_all(&early).await {
+                            return Forwarded::failed(e);
+                        }
+                        self.state.metrics.from_peer.inc_by(early.len() as u64);
+                    }
+                    let stream = FlushOnRead(stream);
+                    let mut forwarded =
+                        splice(stream, upstream, idle, hard_stop, &self.state.metrics).await;
+                    forwarded.from_peer += early.len() as u64;
+                    forwarded
+                }
+                Admitted::Plaintext { stream, .. } => {
+                    if self.config.proxy_protocol
+                        && let Err(e) = upstream
+                            .write_all(&proxy_protocol::encode(src, local, None))
+                            .await
                     {
                         return Forwarded::failed(e);
                     }
+                    splice(stream, upstream, idle, hard_stop, &self.state.metrics).await
                 }
-                if !early.is_empty() {
-                    // Authorized by now: the early bytes go first, exactly once.
-                    if let Err(e) = upstream.write_all(&early).await {
-                        return Forwarded::failed(e);
-                    }
-                    self.state.metrics.from_peer.inc_by(early.len() as u64);
-                }
-                let stream = FlushOnRead(stream);
-                let mut forwarded =
-                    splice(stream, upstream, idle, hard_stop, &self.state.metrics).await;
-                forwarded.from_peer += early.len() as u64;
-                forwarded
-            }
-            Admitted::Plaintext { stream, .. } => {
-                if self.config.proxy_protocol
-                    && let Err(e) = upstream
-                        .write_all(&proxy_protocol::encode(src, local, None))
-                        .await
-                {
-                    return Forwarded::failed(e);
-                }
-                splice(stream, upstream, idle, hard_stop, &self.state.metrics).await
             }
         }
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::Inbound;
@@ -70,10 +71,17 @@ impl Route {
         &self.state().metrics
     }
 
-    async fn handle(&self, stream: TcpStream, src: SocketAddr, conn: ConnContext) -> Outcome {
+    /// No coroutine of its own: one more layer would keep another copy of the arguments in
+    /// every idle connection's task.
+    fn handle(
+        &self,
+        stream: TcpStream,
+        src: SocketAddr,
+        conn: ConnContext,
+    ) -> impl Future<Output = Outcome> + '_ {
         match self {
-            Self::Inbound(i) => i.handle(stream, src, conn).await,
-            Self::Outbound(o) => o.handle(stream, &conn).await,
+            Self::Inbound(i) => Either::Left(i.handle(stream, src, conn)),
+            Self::Outbound(o) => Either::Right(async move { o.handle(stream, &conn).await }),
         }
     }
 }
