@@ -271,33 +271,28 @@ async fn a_reconnecting_peer_s_signatures_are_verified_once_and_a_forged_one_is_
     );
     let client = pki.issue(&format!("spiffe://{TD}/frontend"));
     let request = b"GET / HTTP/1.0\r\n\r\n";
-    let round_trip = |out: std::process::Output| {
+    // openssl s_client, a fresh process each time: a full handshake, no resumption.
+    // (-quiet ignores EOF on stdin, so s_client reads until the server closes.)
+    let connect = || {
+        let out = s_client(
+            daemon.addr("web"),
+            &pki.bundle(),
+            &client,
+            &["-quiet"],
+            request,
+        );
         assert!(
             String::from_utf8_lossy(&out.stdout).ends_with("hello\n"),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    // openssl s_client, a fresh process each time: two full handshakes, no resumption.
-    // (-quiet ignores EOF on stdin, so s_client reads until the server closes.)
     let before = signature_counts(&daemon);
-    round_trip(s_client(
-        daemon.addr("web"),
-        &pki.bundle(),
-        &client,
-        &["-quiet"],
-        request,
-    ));
+    connect();
     let first = signature_counts(&daemon);
     let computed = first.0 - before.0;
     assert!(computed >= 1.0, "{before:?} → {first:?}");
-    round_trip(s_client(
-        daemon.addr("web"),
-        &pki.bundle(),
-        &client,
-        &["-quiet"],
-        request,
-    ));
+    connect();
     let second = signature_counts(&daemon);
     assert_eq!(
         second.0, first.0,
