@@ -57,6 +57,10 @@ struct Args {
     /// Full mTLS handshakes per round (after a warm-up of a tenth as many); 0 skips them.
     #[arg(long, default_value_t = 2000)]
     handshakes: u32,
+    /// Full handshakes per round in which every client presents a certificate the server has
+    /// not seen (mtlsd remembers certificate signatures it verified); 0 skips them.
+    #[arg(long, default_value_t = 0)]
+    first_contact: u32,
     /// Resumed handshakes per round (the client keeps a session cache); 0 skips them.
     #[arg(long, default_value_t = 0)]
     resumed: u32,
@@ -138,6 +142,7 @@ impl Args {
     fn apply_smoke(&mut self) {
         self.rounds = 1;
         self.handshakes = 20;
+        self.first_contact = 20;
         self.resumed = 20;
         self.concurrency = 2;
         self.latency_rps = vec![200];
@@ -388,6 +393,24 @@ async fn measure(
         m.insert("client_cpu_us_per_full_handshake".into(), client * 1e6 / n);
         m.insert("full_handshakes_per_s".into(), n / s.wall.as_secs_f64());
         m.insert("full_fraction".into(), f64::from(s.full) / n);
+    }
+
+    if args.first_contact > 0 && !plain {
+        // A fresh client certificate (same CA and intermediate) for every connection.
+        let configs: Vec<_> = (0..args.first_contact)
+            .map(|i| {
+                let files = pki.issue(&pki.id(&format!("/first-contact/{i}")));
+                workload::client_config(pki, &files, x, false)
+            })
+            .collect();
+        let each = workload::Dial::TlsEach(std::sync::Arc::new(workload::RoundRobin::new(configs)));
+        let server0 = running.cpu_seconds();
+        let s = workload::storm(running.echo, &each, args.first_contact, c).await?;
+        let server = running.cpu_seconds() - server0;
+        m.insert(
+            "server_cpu_us_per_first_contact_handshake".into(),
+            server * 1e6 / f64::from(s.connections),
+        );
     }
 
     if args.resumed > 0 && !plain {

@@ -66,8 +66,31 @@ pub fn client_config_with_bundle(
 pub enum Dial {
     /// TLS 1.3 with our client certificate.
     Tls(Arc<ClientConfig>),
+    /// TLS 1.3, each connection with the next of several client certificates.
+    TlsEach(Arc<RoundRobin>),
     /// Plain TCP: the baselines without TLS (`mtlsd-plain`, `haproxy-tcp`).
     Plain,
+}
+
+/// Client configs handed out in turn, one per connection.
+pub struct RoundRobin {
+    configs: Vec<Arc<ClientConfig>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl RoundRobin {
+    /// Hands out `configs` in order, starting again after the last.
+    pub fn new(configs: Vec<Arc<ClientConfig>>) -> Self {
+        Self {
+            configs,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn next(&self) -> Arc<ClientConfig> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.configs[i % self.configs.len()].clone()
+    }
 }
 
 /// A client connection of either kind.
@@ -86,37 +109,37 @@ pub struct Connected {
 impl Dial {
     /// Connects (and, with TLS, completes the mTLS handshake with `localhost`).
     pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<Connected> {
-        match self {
-            Self::Tls(config) => {
-                let tls = tls_connect(addr, config.clone()).await?;
-                let conn = tls.get_ref().1;
-                let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
-                let group = conn
-                    .negotiated_key_exchange_group()
-                    .map(|g| format!("{:?}", g.name()))
-                    .unwrap_or_default();
-                let suite = conn
-                    .negotiated_cipher_suite()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .unwrap_or_default();
-                Ok(Connected {
-                    stream: Box::new(tls),
-                    resumed,
-                    group,
-                    suite,
-                })
-            }
+        let config = match self {
+            Self::Tls(config) => config.clone(),
+            Self::TlsEach(configs) => configs.next(),
             Self::Plain => {
                 let tcp = TcpStream::connect(addr).await?;
                 tcp.set_nodelay(true)?;
-                Ok(Connected {
+                return Ok(Connected {
                     stream: Box::new(tcp),
                     resumed: false,
                     group: "plain TCP".into(),
                     suite: "plain TCP".into(),
-                })
+                });
             }
-        }
+        };
+        let tls = tls_connect(addr, config).await?;
+        let conn = tls.get_ref().1;
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let group = conn
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()))
+            .unwrap_or_default();
+        let suite = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        Ok(Connected {
+            stream: Box::new(tls),
+            resumed,
+            group,
+            suite,
+        })
     }
 }
 

@@ -15,6 +15,7 @@ const FIGURES: &[&str] = &[
     "client_cpu_us_per_full_handshake",
     "full_handshakes_per_s",
     "full_fraction",
+    "server_cpu_us_per_first_contact_handshake",
     "server_cpu_us_per_resumed_handshake",
     "resumed_handshakes_per_s",
     "resumed_fraction",
@@ -81,8 +82,9 @@ fn mtlsd_bench_smoke_comparison_reports_every_figure_as_json_and_charts() {
         for key in ["software", "negotiated_group", "cipher_suite"] {
             assert!(c[key].is_string(), "{key} in {c}");
         }
-        // The baselines without TLS have no resumption and no latency run.
-        let tls_only = |f: &str| f.contains("resumed") || f.contains("latency");
+        // The baselines without TLS have no resumption, client certificates or latency run.
+        let tls_only =
+            |f: &str| f.contains("resumed") || f.contains("latency") || f.contains("first_contact");
         if plain(c) {
             assert_eq!(c["negotiated_group"], "plain TCP", "{c}");
             for figure in FIGURES.iter().filter(|f| tls_only(f)) {
