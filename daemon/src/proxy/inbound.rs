@@ -52,20 +52,29 @@ pub struct Inbound {
     http: Option<Arc<HttpRoute>>,
 }
 
-/// A peer that passed the handshake and the policy.
-enum Admitted {
-    Tls {
-        stream: PeerTls,
-        id: SpiffeId,
-        rule: String,
-        /// Bytes the peer sent as 0-RTT early data, held until it was authorized.
-        early: Vec<u8>,
-        kind: HandshakeKind,
-    },
-    Plaintext {
-        stream: TcpStream,
-        rule: String,
-    },
+/// A peer that passed the handshake and the policy, in the parts the connection's task
+/// takes apart by value (a part it borrowed would keep its room in the task while idle).
+struct Admitted {
+    /// Its SPIFFE ID, or `unauthenticated` for a permissive listener's plaintext peer.
+    peer_id: String,
+    /// The rule that admitted it.
+    rule: String,
+    /// How its TLS handshake went; `None` for plaintext.
+    handshake: Option<HandshakeKind>,
+    /// The connection.
+    stream: PeerStream,
+    /// Its verified identity (TLS only), for an HTTP listener's requests.
+    id: Option<SpiffeId>,
+    /// Bytes the peer sent as 0-RTT early data, held until it was authorized.
+    early: Vec<u8>,
+    /// The PROXY v2 header for the upstream, when the listener sends one.
+    proxy_header: Option<Vec<u8>>,
+}
+
+/// The peer's side of an admitted connection.
+enum PeerStream {
+    Tls(PeerTls),
+    Plaintext(TcpStream),
 }
 
 impl std::fmt::Debug for Inbound {
@@ -122,53 +131,59 @@ impl Inbound {
     /// Admits, forwards and closes one accepted connection.
     ///
     /// Not `async fn`, like [`Inbound::forward`]: the block captures the arguments once.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn would keep its arguments twice"
-    )]
     pub fn handle(
         &self,
         stream: TcpStream,
         src: SocketAddr,
         conn: ConnContext,
     ) -> impl Future<Output = Outcome> + '_ {
+        let started = Instant::now();
+        let _ = stream.set_nodelay(true);
+        // The handshake's state (ClientHello, rustls' handshake, the policy) lives on the heap
+        // and is freed when it ends: inline, it would size this future, which an idle
+        // connection holds for its whole life, at several KiB. Made here, so that the block
+        // below captures the box, not the stream.
+        let admission = Box::pin(self.admit(stream, src));
         async move {
             let hard_stop = &conn.hard_stop;
-            let started = Instant::now();
-            let local = stream.local_addr().unwrap_or(self.config.listen);
-            let _ = stream.set_nodelay(true);
             let deadline = started + self.config.limits.handshake_timeout;
-            // The handshake's state (ClientHello, rustls' handshake, the policy) lives on the heap
-            // and is freed when it ends: inline, it would size this future, which an idle
-            // connection holds for its whole life, at several KiB.
-            let (admitted, facts) = timeout_at(deadline, Box::pin(self.admit(stream, src)))
-                .await
-                .map_err(|_| {
-                    Refusal::new(
-                        RefuseReason::HandshakeTimeout,
-                        "no authorized peer within handshake_timeout",
-                    )
-                })??;
-            let (peer_id, rule, handshake) = match &admitted {
-                Admitted::Tls { id, rule, kind, .. } => {
-                    (id.as_str().to_owned(), rule.clone(), Some(*kind))
-                }
-                Admitted::Plaintext { rule, .. } => {
-                    (UNAUTHENTICATED.to_owned(), rule.clone(), None)
-                }
-            };
+            let (
+                Admitted {
+                    peer_id,
+                    rule,
+                    handshake,
+                    stream,
+                    id,
+                    early,
+                    proxy_header,
+                },
+                facts,
+            ) = timeout_at(deadline, admission).await.map_err(|_| {
+                Refusal::new(
+                    RefuseReason::HandshakeTimeout,
+                    "no authorized peer within handshake_timeout",
+                )
+            })??;
             let peer_serial = facts.as_deref().and_then(PeerFacts::leaf_serial);
             // On the record before the first byte moves (and on disk first, with every_record).
-            if let Some(synced) = conn.decisions.record_durably(DecisionRecord {
-                src: src.to_string(),
-                peer_id: Some(peer_id.clone()),
-                peer_serial: peer_serial.clone(),
-                outcome: "allow",
-                decision: "allow".to_owned(),
-                rule: Some(rule.clone()),
-                ..DecisionRecord::new("admitted", &self.config.name, Direction::Inbound.as_str())
-            }) {
-                let _ = synced.await;
+            // In a block of its own, so nothing of it outlives the wait.
+            {
+                let synced = conn.decisions.record_durably(DecisionRecord {
+                    src: src.to_string(),
+                    peer_id: Some(peer_id.clone()),
+                    peer_serial: peer_serial.clone(),
+                    outcome: "allow",
+                    decision: "allow".to_owned(),
+                    rule: Some(rule.clone()),
+                    ..DecisionRecord::new(
+                        "admitted",
+                        &self.config.name,
+                        Direction::Inbound.as_str(),
+                    )
+                });
+                if let Some(synced) = synced {
+                    let _ = synced.await;
+                }
             }
             // Registered so a policy, CRL or bundle change re-checks it while it is open.
             let registration = facts.map(|facts| {
@@ -181,27 +196,46 @@ impl Inbound {
                 )
             });
             let stop = registration.as_ref().map_or(hard_stop, Registration::token);
-            let mut forwarded = match (&self.http, &admitted) {
-                (Some(http), Admitted::Tls { .. }) => {
+            // Every part is moved, never borrowed, from here on, and the forwarding future is
+            // made in a block of its own: see `Admitted`.
+            let forwarding = match (&self.http, stream, id) {
+                (Some(http), PeerStream::Tls(stream), Some(id)) => {
+                    drop(proxy_header);
                     // Boxed for the same reason: a plain TCP connection should not carry HTTP's size.
-                    Box::pin(self.serve_http(http.clone(), admitted, src, &conn, stop)).await
+                    Either::Left(Box::pin(self.serve_http(
+                        http.clone(),
+                        stream,
+                        id,
+                        early,
+                        src,
+                        &conn,
+                        stop,
+                    )))
                 }
-                _ => match self.connect_upstream().await {
-                    Ok(UpstreamStream::Tcp(up)) => {
-                        self.forward(admitted, up, src, local, stop).await
+                (_, stream, _) => {
+                    // What goes before the peer's bytes: the PROXY header, then early data.
+                    let early_len = early.len() as u64;
+                    let mut prelude = proxy_header.unwrap_or_default();
+                    prelude.extend_from_slice(&early);
+                    drop(early);
+                    match self.connect_upstream().await {
+                        Ok(UpstreamStream::Tcp(up)) => Either::Right(Either::Left(
+                            self.forward(stream, prelude, early_len, up, stop),
+                        )),
+                        Ok(UpstreamStream::Unix(up)) => Either::Right(Either::Right(
+                            self.forward(stream, prelude, early_len, up, stop),
+                        )),
+                        Err(e) => {
+                            return Err(Refusal::new(
+                                RefuseReason::UpstreamUnavailable,
+                                format!("{}: {e}", self.config.forward),
+                            )
+                            .with_peer(&peer_id));
+                        }
                     }
-                    Ok(UpstreamStream::Unix(up)) => {
-                        self.forward(admitted, up, src, local, stop).await
-                    }
-                    Err(e) => {
-                        return Err(Refusal::new(
-                            RefuseReason::UpstreamUnavailable,
-                            format!("{}: {e}", self.config.forward),
-                        )
-                        .with_peer(&peer_id));
-                    }
-                },
+                }
             };
+            let mut forwarded = forwarding.await;
             if let Some(reason) = registration.as_ref().and_then(Registration::closed_for) {
                 forwarded.reason = reason;
             }
@@ -239,9 +273,23 @@ impl Inbound {
             )
         })?;
 
+        let local = stream.local_addr().unwrap_or(self.config.listen);
         if self.config.mode == Mode::Permissive && !starts_with_tls(&stream).await? {
             let rule = self.authorize(Peer::Unauthenticated)?;
-            return Ok((Admitted::Plaintext { stream, rule }, None));
+            let proxy_header = self
+                .config
+                .proxy_protocol
+                .then(|| proxy_protocol::encode(src, local, None));
+            let admitted = Admitted {
+                peer_id: UNAUTHENTICATED.to_owned(),
+                rule,
+                handshake: None,
+                stream: PeerStream::Plaintext(stream),
+                id: None,
+                early: Vec::new(),
+                proxy_header,
+            };
+            return Ok((admitted, None));
         }
 
         // No handshake slot until the whole ClientHello is here.
@@ -330,16 +378,28 @@ impl Inbound {
         let rule = self
             .authorize(Peer::Spiffe(&id))
             .map_err(|r| r.with_peer(id.as_str()))?;
-        Ok((
-            Admitted::Tls {
-                stream: tls,
-                id,
-                rule,
-                early,
-                kind,
-            },
-            Some(Box::new(facts)),
-        ))
+        let proxy_header = self.config.proxy_protocol.then(|| {
+            let version = match tls.connection().protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLSv1.3",
+            };
+            let info = proxy_protocol::TlsInfo {
+                spiffe_id: &id,
+                version,
+                early_data: u32::try_from(early.len()).unwrap_or(u32::MAX),
+            };
+            proxy_protocol::encode(src, local, Some(info))
+        });
+        let admitted = Admitted {
+            peer_id: id.as_str().to_owned(),
+            rule,
+            handshake: Some(kind),
+            stream: PeerStream::Tls(tls),
+            id: Some(id),
+            early,
+            proxy_header,
+        };
+        Ok((admitted, Some(Box::new(facts))))
     }
 
     /// The TLS config for one connection: its verifier applies the listener's policy and
@@ -420,20 +480,20 @@ impl Inbound {
     }
 
     /// Serves an authorized peer as HTTP: each request is authorized and proxied on its own.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the admitted peer's parts, moved apart"
+    )]
     async fn serve_http(
         &self,
         own: Arc<HttpRoute>,
-        admitted: Admitted,
+        stream: PeerTls,
+        id: SpiffeId,
+        early: Vec<u8>,
         src: SocketAddr,
         conn: &ConnContext,
         stop: &CancellationToken,
     ) -> Forwarded {
-        let Admitted::Tls {
-            stream, id, early, ..
-        } = admitted
-        else {
-            return Forwarded::failed(std::io::Error::other("plaintext peer on an HTTP listener"));
-        };
         let tls = stream.connection();
         let h2 = tls.alpn_protocol() == Some(b"h2");
         let leaf = tls
@@ -464,7 +524,8 @@ impl Inbound {
             .await
     }
 
-    /// Forwards an admitted peer to the upstream until either side is done.
+    /// Forwards an admitted peer to the upstream until either side is done: the PROXY header
+    /// first, then the early data, then both directions.
     ///
     /// Not `async fn`: an async fn keeps each argument twice for as long as it runs (once as
     /// an argument, once as a local), and an idle connection's task holds this state for its
@@ -475,10 +536,10 @@ impl Inbound {
     )]
     fn forward<U>(
         &self,
-        admitted: Admitted,
+        mut stream: PeerStream,
+        prelude: Vec<u8>,
+        early_len: u64,
         mut upstream: U,
-        src: SocketAddr,
-        local: SocketAddr,
         hard_stop: &CancellationToken,
     ) -> impl Future<Output = Forwarded>
     where
@@ -486,51 +547,27 @@ impl Inbound {
     {
         async move {
             let idle = self.config.limits.idle_timeout;
-            match admitted {
-                Admitted::Tls {
-                    stream, id, early, ..
-                } => {
-                    if self.config.proxy_protocol {
-                        let version = match stream.connection().protocol_version() {
-                            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                            _ => "TLSv1.3",
-                        };
-                        let tls = proxy_protocol::TlsInfo {
-                            spiffe_id: &id,
-                            version,
-                            early_data: u32::try_from(early.len()).unwrap_or(u32::MAX),
-                        };
-                        if let Err(e) = upstream
-                            .write_all(&proxy_protocol::encode(src, local, Some(tls)))
-                            .await
-                        {
-                            return Forwarded::failed(e);
-                        }
-                    }
-                    if !early.is_empty() {
-                        // Authorized by now: the early bytes go first, exactly once.
-                        if let Err(e) = upstream.write_all(&early).await {
-                            return Forwarded::failed(e);
-                        }
-                        self.state.metrics.from_peer.inc_by(early.len() as u64);
-                    }
-                    let stream = FlushOnRead(stream);
-                    let mut forwarded =
-                        splice(stream, upstream, idle, hard_stop, &self.state.metrics).await;
-                    forwarded.from_peer += early.len() as u64;
-                    forwarded
+            // Authorized by now: the PROXY header and the early bytes go first, exactly once.
+            if !prelude.is_empty() {
+                if let Err(e) = upstream.write_all(&prelude).await {
+                    return Forwarded::failed(e);
                 }
-                Admitted::Plaintext { stream, .. } => {
-                    if self.config.proxy_protocol
-                        && let Err(e) = upstream
-                            .write_all(&proxy_protocol::encode(src, local, None))
-                            .await
-                    {
-                        return Forwarded::failed(e);
-                    }
-                    splice(stream, upstream, idle, hard_stop, &self.state.metrics).await
-                }
+                self.state.metrics.from_peer.inc_by(early_len);
             }
+            drop(prelude);
+            // The streams stay here and the copy loop borrows them: moved into it, each
+            // would leave its room behind in this state too.
+            let metrics = &self.state.metrics;
+            let mut forwarded = match &mut stream {
+                PeerStream::Tls(tls) => {
+                    splice(FlushOnRead(tls), &mut upstream, idle, hard_stop, metrics).await
+                }
+                PeerStream::Plaintext(tcp) => {
+                    splice(tcp, &mut upstream, idle, hard_stop, metrics).await
+                }
+            };
+            forwarded.from_peer += early_len;
+            forwarded
         }
     }
 }

@@ -109,13 +109,14 @@ pub struct ConnContext {
 pub struct OpenConnection<'a> {
     listener: &'a str,
     metrics: &'a ListenerMetrics,
-    src: SocketAddr,
+    // Borrowed: the task holds the address anyway, and this guard lives no longer than it.
+    src: &'a SocketAddr,
     closed: bool,
 }
 
 impl<'a> OpenConnection<'a> {
     /// Counts a connection from `src` as open on `listener`.
-    pub fn new(listener: &'a str, metrics: &'a ListenerMetrics, src: SocketAddr) -> Self {
+    pub fn new(listener: &'a str, metrics: &'a ListenerMetrics, src: &'a SocketAddr) -> Self {
         metrics.active.inc();
         Self {
             listener,
@@ -134,7 +135,7 @@ impl<'a> OpenConnection<'a> {
             Ok(_) => metrics.forwarded(),
             Err(refusal) => metrics.refused(refusal.reason),
         }
-        log_outcome(outcome, self.listener, self.src);
+        log_outcome(outcome, self.listener, *self.src);
     }
 }
 
@@ -153,7 +154,7 @@ impl Drop for OpenConnection<'_> {
                 "the connection's task panicked; see the panic message above",
             );
             metrics.refused(refusal.reason);
-            refusal.log(self.listener, self.src);
+            refusal.log(self.listener, *self.src);
         }
     }
 }
@@ -265,7 +266,7 @@ impl Listener {
             };
             let decisions = drain.decisions.clone();
             drain.tracker.spawn(async move {
-                let open = OpenConnection::new(route.name(), route.metrics(), src);
+                let open = OpenConnection::new(route.name(), route.metrics(), &src);
                 let outcome = route.handle(stream, src, conn).await;
                 drop(permit);
                 open.close(&outcome);
@@ -338,7 +339,8 @@ mod tests {
         let task = tokio::spawn({
             let metrics = metrics.clone();
             async move {
-                let _open = OpenConnection::new("web", &metrics, "127.0.0.1:1".parse().unwrap());
+                let src = "127.0.0.1:1".parse().unwrap();
+                let _open = OpenConnection::new("web", &metrics, &src);
                 assert_eq!(metrics.active.get(), 1);
                 panic!("a bug in a connection handler");
             }
@@ -357,7 +359,8 @@ mod tests {
     async fn a_closed_connection_is_no_longer_active_and_counted_once() {
         let registry = Metrics::new();
         let metrics = registry.listener("web", Direction::Inbound);
-        let open = OpenConnection::new("web", &metrics, "127.0.0.1:1".parse().unwrap());
+        let src = "127.0.0.1:1".parse().unwrap();
+        let open = OpenConnection::new("web", &metrics, &src);
         open.close(&Err(Refusal::new(RefuseReason::Denied, "test")));
         assert_eq!(metrics.active.get(), 0);
         let text = registry.encode();
