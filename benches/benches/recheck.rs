@@ -22,6 +22,7 @@ fn registry(
     stop: &CancellationToken,
 ) -> (Arc<LiveConnections>, Vec<mtlsd::proxy::live::Registration>) {
     let live = Arc::new(LiveConnections::default());
+    let listener: Arc<str> = Arc::from("web");
     let regs = (0..OPEN)
         .map(|i| {
             let id: SpiffeId = format!("spiffe://example.org/ns/team{}/sa/svc{i}", i % 50)
@@ -41,7 +42,7 @@ fn registry(
                     key_id: Some(vec![7; 20]),
                 },
             };
-            live.register("web", Direction::Inbound, facts, None, stop)
+            live.register(&listener, Direction::Inbound, facts, None, stop)
         })
         .collect();
     (live, regs)

@@ -102,7 +102,12 @@ impl Inbound {
             resumption: resumption.clone(),
             verifier,
             policy: Arc::new(config.policy.clone()),
-            state: RouteState::new(&config.limits, metrics, tls.revocations.clone()),
+            state: RouteState::new(
+                &config.name,
+                &config.limits,
+                metrics,
+                tls.revocations.clone(),
+            ),
             config,
             http,
         })
@@ -188,7 +193,7 @@ impl Inbound {
             // Registered so a policy, CRL or bundle change re-checks it while it is open.
             let registration = facts.map(|facts| {
                 conn.live.register(
-                    &self.config.name,
+                    &self.state.name,
                     Direction::Inbound,
                     *facts,
                     self.config.limits.max_connection_lifetime,

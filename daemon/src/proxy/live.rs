@@ -207,7 +207,7 @@ impl LiveConnections {
     /// `lifetime` after now, if given.
     pub fn register(
         self: &Arc<Self>,
-        listener: &str,
+        listener: &Arc<str>,
         direction: Direction,
         peer: PeerFacts,
         lifetime: Option<Duration>,
@@ -219,7 +219,7 @@ impl LiveConnections {
         self.lock().insert(
             id,
             Entry {
-                listener: Arc::from(listener),
+                listener: listener.clone(),
                 direction,
                 peer,
                 deadline: lifetime.map(|l| Instant::now() + l),
@@ -311,14 +311,14 @@ mod tests {
         let live = Arc::new(LiveConnections::default());
         let stop = CancellationToken::new();
         let a = live.register(
-            "web",
+            &Arc::from("web"),
             Direction::Inbound,
             facts("spiffe://ex/a"),
             None,
             &stop,
         );
         let b = live.register(
-            "web",
+            &Arc::from("web"),
             Direction::Inbound,
             facts("spiffe://ex/b"),
             None,
@@ -363,14 +363,14 @@ mod tests {
         let live = Arc::new(LiveConnections::default());
         let stop = CancellationToken::new();
         let short = live.register(
-            "web",
+            &Arc::from("web"),
             Direction::Outbound,
             facts("spiffe://ex/a"),
             Some(Duration::from_secs(60)),
             &stop,
         );
         let forever = live.register(
-            "web",
+            &Arc::from("web"),
             Direction::Outbound,
             facts("spiffe://ex/b"),
             None,

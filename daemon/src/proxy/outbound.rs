@@ -59,7 +59,12 @@ impl Outbound {
             )?)
             .early_data(config.early_data),
             server_name,
-            state: RouteState::new(&config.limits, metrics, tls.revocations.clone()),
+            state: RouteState::new(
+                &config.name,
+                &config.limits,
+                metrics,
+                tls.revocations.clone(),
+            ),
             config,
         })
     }
@@ -107,7 +112,7 @@ impl Outbound {
             let _ = synced.await;
         }
         let registration = conn.live.register(
-            &self.config.name,
+            &self.state.name,
             Direction::Outbound,
             facts,
             self.config.limits.max_connection_lifetime,

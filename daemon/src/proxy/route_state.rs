@@ -14,6 +14,8 @@ use crate::metrics::ListenerMetrics;
 /// What every route keeps besides its config: limits in force, metrics and the CRLs to check.
 #[derive(Debug)]
 pub struct RouteState {
+    /// The listener's name, shared by every connection's registry entry.
+    pub name: Arc<str>,
     /// Slots for handshakes in progress (`max_handshakes`).
     pub handshakes: Semaphore,
     /// Connections per address not yet through their handshake (`max_handshakes_per_source`).
@@ -25,9 +27,15 @@ pub struct RouteState {
 }
 
 impl RouteState {
-    /// Fresh slots for `limits`.
-    pub fn new(limits: &Limits, metrics: ListenerMetrics, revocations: Arc<Revocations>) -> Self {
+    /// Fresh slots for `limits` of the listener `name`.
+    pub fn new(
+        name: &str,
+        limits: &Limits,
+        metrics: ListenerMetrics,
+        revocations: Arc<Revocations>,
+    ) -> Self {
         Self {
+            name: Arc::from(name),
             handshakes: Semaphore::new(limits.max_handshakes),
             sources: SourceLimit::new(limits.max_handshakes_per_source),
             metrics,
