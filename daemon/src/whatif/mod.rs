@@ -567,6 +567,15 @@ fn request(
                     .to_owned(),
             );
         } else {
+            // What the daemon does with a token it cannot accept.
+            let unauthenticated = |answer: &mut _, why: &str| {
+                refuse(
+                    answer,
+                    "unauthenticated",
+                    401,
+                    format!("{why}; the daemon answers 401"),
+                );
+            };
             let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
             let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
             let Some(issuer) = http.jwt.iter().find(|i| i.issues(iss, sub)) else {
@@ -577,22 +586,12 @@ fn request(
                     ),
                     _ => format!("issuer {iss:?} is not trusted here"),
                 };
-                refuse(
-                    answer,
-                    "unauthenticated",
-                    401,
-                    format!("{why}; the daemon answers 401"),
-                );
+                unauthenticated(answer, &why);
                 return;
             };
             if let Some(why) = wrong_audience(issuer, &claims) {
                 answer.request = Some(seen);
-                refuse(
-                    answer,
-                    "unauthenticated",
-                    401,
-                    format!("{why}; the daemon answers 401"),
-                );
+                unauthenticated(answer, &why);
                 return;
             }
             if !issuer.audiences.is_empty() && claims.get("aud").is_none() {
