@@ -307,6 +307,11 @@ async fn run(args: &Args, specs: &[Spec], server_cpu: Option<usize>) -> Value {
     let day = Duration::from_secs(86_400);
     let server = pki.issue_for(&pki.id("/web"), day);
     let client = pki.issue_for(&pki.id("/client"), day);
+    // Issued once: every contender starts afresh each round, so to each of them these
+    // certificates are new.
+    let first_contact: Vec<_> = (0..args.first_contact)
+        .map(|i| pki.issue_for(&pki.id(&format!("/first-contact/{i}")), day))
+        .collect();
     let echo = echo_upstream().await;
     let sink = upstream(workload::sink).await;
     let setup = Setup {
@@ -336,7 +341,11 @@ async fn run(args: &Args, specs: &[Spec], server_cpu: Option<usize>) -> Value {
             );
             let running = Running::start(&outcome.spec, &setup)
                 .unwrap_or_else(|e| panic!("starting {}: {e}", outcome.spec.name));
-            let metrics = measure(args, &pki, &client, &running, outcome, echo.addr)
+            let clients = Clients {
+                steady: &client,
+                first_contact: &first_contact,
+            };
+            let metrics = measure(args, &pki, &clients, &running, outcome, echo.addr)
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", outcome.spec.name));
             running.stop();
@@ -355,18 +364,26 @@ async fn run(args: &Args, specs: &[Spec], server_cpu: Option<usize>) -> Value {
 
 const QUANTILES: [(f64, &str); 3] = [(0.5, "p50"), (0.99, "p99"), (0.999, "p999")];
 
+/// The load client's certificates.
+struct Clients<'a> {
+    /// The one every workload presents, so reconnects are by the same peer.
+    steady: &'a mtlsd_e2e::CertFiles,
+    /// One per `--first-contact` handshake.
+    first_contact: &'a [mtlsd_e2e::CertFiles],
+}
+
 /// Runs every workload once against `running`, sampling its CPU and RSS around each.
 async fn measure(
     args: &Args,
     pki: &Pki,
-    client: &mtlsd_e2e::CertFiles,
+    clients: &Clients<'_>,
     running: &Running,
     outcome: &mut Outcome,
     upstream: SocketAddr,
 ) -> Result<Metrics, String> {
     let x = outcome.spec.x25519_only;
-    let full_config = workload::client_config(pki, client, x, false);
-    let resume_config = workload::client_config(pki, client, x, true);
+    let full_config = workload::client_config(pki, clients.steady, x, false);
+    let resume_config = workload::client_config(pki, clients.steady, x, true);
     // The plain-TCP baselines: the same connections and bytes without TLS.
     let plain = outcome.spec.plain;
     let full = if plain {
@@ -397,11 +414,10 @@ async fn measure(
 
     if args.first_contact > 0 && !plain {
         // A fresh client certificate (same CA and intermediate) for every connection.
-        let configs: Vec<_> = (0..args.first_contact)
-            .map(|i| {
-                let files = pki.issue(&pki.id(&format!("/first-contact/{i}")));
-                workload::client_config(pki, &files, x, false)
-            })
+        let configs: Vec<_> = clients
+            .first_contact
+            .iter()
+            .map(|files| workload::client_config(pki, files, x, false))
             .collect();
         let each = workload::Dial::TlsEach(std::sync::Arc::new(workload::RoundRobin::new(configs)));
         let server0 = running.cpu_seconds();
