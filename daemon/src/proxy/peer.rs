@@ -33,7 +33,8 @@ pub fn admit_chain(
         };
         Refusal::new(reason, format!("resumed session: {e}"))
     };
-    let parsed = ParsedChain::parse(chain).map_err(validity_refusal)?;
+    let parsed = ParsedChain::parse(chain)
+        .map_err(|e| Refusal::new(RefuseReason::BadCertificate, e.to_string()))?;
     let id = match id {
         Some(id) => id,
         None => {
