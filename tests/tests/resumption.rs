@@ -539,3 +539,106 @@ async fn a_one_shot_early_request_still_leaves_the_client_a_ticket_for_next_time
         "0-RTT on every connection after the first"
     );
 }
+
+/// Bytes waiting in the client's socket, without taking them (a real `recv(MSG_PEEK)`).
+fn bytes_waiting(tcp: &tokio::net::TcpStream) -> usize {
+    use std::os::fd::AsFd;
+    let raw = std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned().unwrap());
+    // Shares tokio's non-blocking socket: an empty queue is WouldBlock, not a wait.
+    match raw.peek(&mut [0u8; 4096]) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => panic!("peek: {e}"),
+    }
+}
+
+/// An upstream whose connections the test drives, handed over as they are accepted.
+async fn held_upstream() -> (Upstream, tokio::sync::mpsc::Receiver<tokio::net::TcpStream>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let up = upstream(move |s| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(s).await;
+        }
+    })
+    .await;
+    (up, rx)
+}
+
+/// Sends a fresh connection's first `request` to the held upstream and returns the service's
+/// end once it has read it, after checking that nothing (no ticket) reached the client yet.
+async fn first_request(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    accepted: &mut tokio::sync::mpsc::Receiver<tokio::net::TcpStream>,
+    request: &[u8],
+) -> tokio::net::TcpStream {
+    tls.write_all(request).await.unwrap();
+    let mut service = tokio::time::timeout(WAIT, accepted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = vec![0u8; request.len()];
+    service.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, request);
+    // The request went through the daemon after the handshake ended, so a ticket written on
+    // its own would be in the client's socket by now. Nothing is: it waits for an answer.
+    assert_eq!(bytes_waiting(tls.get_ref().0), 0, "sent before any answer");
+    service
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_ticket_waits_for_the_first_answer_and_shares_its_write() {
+    let pki = Pki::new(TD);
+    let (upstream, mut accepted) = held_upstream().await;
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let addr = daemon.addr("web");
+    let client = pki.client("/frontend");
+
+    let mut tls = tls_connect(addr, client.clone()).await.unwrap();
+    let mut service = first_request(&mut tls, &mut accepted, b"ping").await;
+    service.write_all(b"pong").await.unwrap();
+    let mut answer = [0u8; 4];
+    tls.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"pong");
+    // The ticket came with the answer: rustls read it on the way, so the next connection resumes.
+    drop((tls, service));
+    let mut again = tls_connect(addr, client).await.unwrap();
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed)
+    );
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_keeps_sending_gets_its_ticket_without_an_answer() {
+    let pki = Pki::new(TD);
+    let (upstream, mut accepted) = held_upstream().await;
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let mut tls = tls_connect(daemon.addr("web"), pki.client("/uploader"))
+        .await
+        .unwrap();
+    let mut service = first_request(&mut tls, &mut accepted, b"part one").await;
+
+    // More from the client before any answer: an upload. Its ticket is not held back for an
+    // answer that may never come; it arrives while the service still says nothing.
+    tls.write_all(b"part two").await.unwrap();
+    let mut got = [0u8; 8];
+    service.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"part two");
+    let tcp = tls.get_ref().0;
+    for _ in 0..100 {
+        tokio::time::timeout(WAIT, tcp.readable())
+            .await
+            .expect("no ticket while the client uploads")
+            .unwrap();
+        if bytes_waiting(tcp) > 0 {
+            return;
+        }
+        // Readiness left over from the handshake: clear it and wait for the next.
+        let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+    }
+    panic!("the socket kept waking with nothing to read");
+}

@@ -13,18 +13,16 @@ use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_rustls::server::{StartHandshake, TlsStream};
-
-use super::early_tls::EarlyTlsStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::forward::{FlushOnRead, Forwarded, TlsQueue, release_queued, splice};
+use super::forward::{FlushOnRead, Forwarded, splice};
 use super::listener::{ConnContext, Route};
 use super::live::{PeerFacts, Registration};
 use super::outcome::HandshakeKind;
 use super::policy_verifier::{PolicyVerifier, Verified};
 use super::route_state::RouteState;
+use super::server_tls::ServerTlsStream;
 use super::{Closed, Outcome, Refusal, RefuseReason, client_hello, peer, proxy_protocol};
 use crate::audit::DecisionRecord;
 use crate::config::{InboundConfig, Mode, Upstream};
@@ -278,13 +276,12 @@ impl Inbound {
             )
         })?;
 
-        let local = stream.local_addr().unwrap_or(self.config.listen);
+        // The address the peer dialled, for the PROXY header only (a syscall otherwise spared).
+        let local =
+            (self.config.proxy_protocol).then(|| stream.local_addr().unwrap_or(self.config.listen));
         if self.config.mode == Mode::Permissive && !starts_with_tls(&stream).await? {
             let rule = self.authorize(Peer::Unauthenticated)?;
-            let proxy_header = self
-                .config
-                .proxy_protocol
-                .then(|| proxy_protocol::encode(src, local, None));
+            let proxy_header = local.map(|local| proxy_protocol::encode(src, local, None));
             let admitted = Admitted {
                 peer_id: UNAUTHENTICATED.to_owned(),
                 rule,
@@ -313,8 +310,6 @@ impl Inbound {
         let _slot = self.state.handshake_slot().await;
 
         let started = Instant::now();
-        // Whether rustls got past the ClientHello: what a protocol error is called depends on it.
-        let mut past_hello = false;
         let refuse = |e: std::io::Error, past_hello: bool| {
             Refusal::new(RefuseReason::of_handshake(&e, !past_hello), e.to_string())
         };
@@ -340,29 +335,23 @@ impl Inbound {
             });
             refusal.with_peer(id.as_str())
         };
-        let mut tls = if early_listener {
-            let conn = match hello.accepted.into_connection(config) {
-                Ok(conn) => conn,
-                Err((e, mut alert)) => {
-                    let mut bytes = Vec::new();
-                    let _ = alert.write_all(&mut bytes);
-                    let _ = stream.write_all(&bytes).await;
-                    let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-                    return Err(refuse(e, false));
-                }
-            };
-            // Returns once early data is here, so it is forwarded without waiting a round trip.
-            Either::Right(Box::new(
-                EarlyTlsStream::accept(stream, conn)
-                    .await
-                    .map_err(|e| refuse(e, true))?,
-            ))
-        } else {
-            let accept = StartHandshake::from_parts(hello.accepted, stream)
-                .into_stream_with(config, |_| past_hello = true);
-            let result = accept.await;
-            Either::Left(Box::new(result.map_err(|e| refuse(e, past_hello))?))
+        let conn = match hello.accepted.into_connection(config) {
+            Ok(conn) => conn,
+            Err((e, mut alert)) => {
+                let mut bytes = Vec::new();
+                let _ = alert.write_all(&mut bytes);
+                let _ = stream.write_all(&bytes).await;
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+                return Err(refuse(e, false));
+            }
         };
+        // On a 0-RTT listener this returns once early data is here, so it is forwarded
+        // without waiting a round trip.
+        let mut tls = Box::new(
+            ServerTlsStream::accept(stream, conn)
+                .await
+                .map_err(|e| refuse(e, true))?,
+        );
         let early = tls.take_early_data();
         let resumed = tls.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let kind = match (resumed, early.is_empty()) {
@@ -383,7 +372,7 @@ impl Inbound {
         let rule = self
             .authorize(Peer::Spiffe(&id))
             .map_err(|r| r.with_peer(id.as_str()))?;
-        let proxy_header = self.config.proxy_protocol.then(|| {
+        let proxy_header = local.map(|local| {
             let version = match tls.connection().protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                 _ => "TLSv1.3",
@@ -595,38 +584,5 @@ async fn starts_with_tls(stream: &TcpStream) -> Result<bool, Refusal> {
     }
 }
 
-/// The peer's TLS stream: tokio-rustls, or the early-data stream on 0-RTT listeners.
-type PeerTls = Either<Box<TlsStream<TcpStream>>, Box<EarlyTlsStream>>;
-
-/// What the proxy asks of the peer's TLS stream beyond reading and writing.
-trait PeerSession {
-    /// The rustls connection (peer certificates, handshake kind, protocol version).
-    fn connection(&self) -> &rustls::ServerConnection;
-    /// Early data received so far (none unless this listener accepts 0-RTT).
-    fn take_early_data(&mut self) -> Vec<u8>;
-}
-
-impl PeerSession for PeerTls {
-    fn connection(&self) -> &rustls::ServerConnection {
-        match self {
-            Either::Left(s) => s.get_ref().1,
-            Either::Right(s) => s.connection(),
-        }
-    }
-
-    fn take_early_data(&mut self) -> Vec<u8> {
-        match self {
-            Either::Left(_) => Vec::new(),
-            Either::Right(s) => s.take_early_data(),
-        }
-    }
-}
-
-impl TlsQueue for PeerTls {
-    fn release_queued(&mut self) -> bool {
-        match self {
-            Either::Left(s) => release_queued(s.get_mut().1),
-            Either::Right(s) => release_queued(s.connection_mut()),
-        }
-    }
-}
+/// The peer's TLS stream, boxed: an idle connection's task keeps only a pointer to it.
+type PeerTls = Box<ServerTlsStream>;

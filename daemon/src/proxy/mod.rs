@@ -1,7 +1,6 @@
 //! The data path: inbound and outbound listeners, the copy loop and what we tell upstreams.
 
 pub mod client_hello;
-pub mod early_tls;
 pub mod forward;
 pub mod inbound;
 pub mod listener;
@@ -12,6 +11,7 @@ pub mod peer;
 pub mod policy_verifier;
 pub mod proxy_protocol;
 pub mod route_state;
+pub mod server_tls;
 
 use std::sync::Arc;
 

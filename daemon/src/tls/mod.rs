@@ -132,6 +132,12 @@ pub const REJECTED_EARLY_DATA_SKIP: u32 = 1 << 20;
 /// Sessions a client keeps per outbound route, so reconnects resume.
 const CLIENT_SESSIONS: usize = 64;
 
+/// Session tickets a server sends after each TLS 1.3 handshake, unless the client asks.
+pub const TICKETS_PER_HANDSHAKE: usize = 1;
+
+/// The most tickets a client may ask for in one handshake (RFC 9149 `ticket_request`).
+pub const MAX_TICKETS_PER_HANDSHAKE: usize = 8;
+
 impl TlsIdentity {
     /// The digest ticket keys are bound to: our trust domain and every bundle certificate.
     pub fn trust_context(&self) -> [u8; 32] {
@@ -189,10 +195,17 @@ impl TlsIdentity {
         // Our suite order (AES-128-GCM-SHA256 first, see `mtlsd_crypto::software::provider`),
         // not the client's: most clients list AES-256-GCM-SHA384 first.
         config.ignore_client_order = true;
+        // One ticket per handshake rather than rustls' two: a client reconnecting one
+        // connection at a time uses one, and each costs an encryption and ~1.2 KB on the
+        // wire (it carries the client's chain). A client that wants more for parallel
+        // connections asks with RFC 9149's ticket_request, up to the maximum.
+        config.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
+        config.max_tls13_tickets = MAX_TICKETS_PER_HANDSHAKE;
         match resumption {
             ServerResumption::Off => {
                 config.session_storage = Arc::new(NoServerSessionStorage {});
                 config.send_tls13_tickets = 0;
+                config.max_tls13_tickets = 0;
                 // Nothing resumes here, so nothing is accepted or advertised: this only sizes
                 // the skip budget for early data a client sends anyway.
                 config.max_early_data_size = REJECTED_EARLY_DATA_SKIP;

@@ -31,8 +31,8 @@ use mtlsd::identity::{
 };
 use mtlsd::policy::{Decision, Peer, Policy, Principal};
 use mtlsd::proxy::client_hello;
-use mtlsd::proxy::early_tls::EarlyTlsStream;
 use mtlsd::proxy::proxy_protocol::{self, TLV_EARLY_DATA, TLV_SPIFFE_ID, TlsInfo};
+use mtlsd::proxy::server_tls::ServerTlsStream;
 use mtlsd::tls::tickets::{KeyFileError, parse_key_file};
 use mtlsd::tls::{ServerResumption, TlsIdentity};
 use mtlsd_crypto::pkcs11::Pkcs11Uri;
@@ -433,7 +433,7 @@ const EARLY_DATA_LIMIT: u32 = 16 * 1024;
 const EARLY_REQUEST: &[u8] = b"GET /early HTTP/1.1\r\nHost: fuzz\r\n\r\n";
 
 /// A client's flight into an early-data listener (`client_hello::read` and
-/// `offered_early_psks`, then [`EarlyTlsStream`]); nothing may panic.
+/// `offered_early_psks`, then [`ServerTlsStream`]); nothing may panic.
 ///
 /// Input: byte 0 is the write size the flight is cut into (0: one write); byte 1
 /// holds flags: bit 0 edits a recorded resuming client's flight (ClientHello with
@@ -496,7 +496,7 @@ thread_local! {
         .expect("tokio runtime");
 }
 
-/// Sends `flight` (then end of stream) to an early-data listener's [`EarlyTlsStream`];
+/// Sends `flight` (then end of stream) to an early-data listener's [`ServerTlsStream`];
 /// returns the early data `accept` had when it returned, if it did.
 async fn serve_flight(
     config: Arc<ServerConfig>,
@@ -504,7 +504,7 @@ async fn serve_flight(
     chunk: usize,
     reply: bool,
 ) -> Option<Vec<u8>> {
-    // `EarlyTlsStream` takes a `TcpStream`; a socket pair wrapped as one keeps the
+    // `ServerTlsStream` takes a `TcpStream`; a socket pair wrapped as one keeps the
     // test off the network. Both ends send with MSG_NOSIGNAL, as TCP streams do, so
     // a closed peer is an error and not SIGPIPE (libFuzzer does not ignore it).
     let (server, client) = std::os::unix::net::UnixStream::pair().expect("socket pair");
@@ -531,7 +531,7 @@ async fn serve_flight(
         // The early-PSK parser sees the same hostile bytes rustls does.
         let offered = client_hello::offered_early_psks(&hello.raw);
         let conn = hello.accepted.into_connection(config).ok()?;
-        let mut tls = EarlyTlsStream::accept(server, conn).await.ok()?;
+        let mut tls = ServerTlsStream::accept(server, conn).await.ok()?;
         let early = tls.take_early_data();
         assert!(
             early.len() <= EARLY_DATA_LIMIT as usize,

@@ -1,17 +1,25 @@
-//! A server TLS stream that hands early data (0-RTT) to the proxy before the handshake completes.
+//! The inbound side's TLS stream: rustls driven by us rather than by tokio-rustls.
 //!
-//! tokio-rustls finishes the whole handshake, client `Finished` included,
-//! before its stream yields a byte. That costs 0-RTT its point: the early
-//! request would reach the local service one round trip late, just like a
-//! normal one. Listeners that accept early data use this stream instead. Its
-//! [`EarlyTlsStream::accept`] returns as soon as a resumed client's early data
-//! has arrived (and the server's flight is on the wire), so the proxy can
-//! authorize the resumed identity and forward the early bytes at once. The
-//! rest of the handshake completes as the stream is read.
+//! Two things need the handshake in our hands:
 //!
-//! With `send_half_rtt_data`, which rustls only honours when no client
-//! certificate is requested (that is, on resumption), the local service's
-//! answer travels back in the same round trip.
+//! - **0-RTT.** tokio-rustls finishes the whole handshake, client `Finished`
+//!   included, before its stream yields a byte, so an early request would reach
+//!   the local service one round trip late, just like a normal one.
+//!   [`ServerTlsStream::accept`] returns as soon as a resumed client's early data
+//!   has arrived (and the server's flight is on the wire), so the proxy can
+//!   authorize the resumed identity and forward the early bytes at once; the rest
+//!   of the handshake completes as the stream is read. With `send_half_rtt_data`,
+//!   which rustls only honours when no client certificate is requested (that is,
+//!   on resumption), the local service's answer travels back in the same round
+//!   trip.
+//! - **Session tickets in the answer's segment.** A TLS 1.3 server sends its
+//!   tickets after the client's `Finished`; tokio-rustls writes them at once, one
+//!   more write and one more loopback or network segment per connection, although
+//!   the client needs them only for its next connection. Here they wait for the
+//!   first application data we send and leave in the same write. They go out
+//!   earlier when the client sends more after its first request (a client that only
+//!   uploads) and before `close_notify`, so every client that stays to the end of
+//!   its connection gets them.
 //!
 //! The I/O glue follows tokio-rustls: rustls is driven through a synchronous
 //! adapter that turns `Pending` into `WouldBlock`.
@@ -24,15 +32,21 @@ use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::forward::{TlsQueue, release_queued};
+
 /// A TLS server connection over TCP that can be used before its handshake completes.
 #[derive(Debug)]
-pub struct EarlyTlsStream {
+pub struct ServerTlsStream {
     io: TcpStream,
     conn: ServerConnection,
     /// Early data drained from rustls, not yet read by the caller.
     early: Vec<u8>,
     eof: bool,
     close_sent: bool,
+    /// TLS 1.3 session tickets are queued and wait to share a write (see the module docs).
+    tickets_held: bool,
+    /// The caller has read application data: more from the peer releases the tickets.
+    data_read: bool,
 }
 
 /// `std::io` view of the socket inside a poll: `Pending` becomes `WouldBlock`.
@@ -60,6 +74,15 @@ impl Write for SyncIo<'_, '_> {
         }
     }
 
+    // rustls hands over each queued record as its own slice; one vectored write sends a
+    // whole flight (or the tickets with an answer) in one segment.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -69,7 +92,7 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl EarlyTlsStream {
+impl ServerTlsStream {
     /// Handshakes `conn` (made from the ClientHello already read) until it completes, or
     /// until a resuming client's early data is here.
     pub async fn accept(io: TcpStream, mut conn: ServerConnection) -> io::Result<Self> {
@@ -81,12 +104,22 @@ impl EarlyTlsStream {
             early: Vec::new(),
             eof: false,
             close_sent: false,
+            tickets_held: false,
+            data_read: false,
         };
         loop {
-            std::future::poll_fn(|cx| s.poll_flush_tls(cx)).await?;
             if !s.conn.is_handshaking() {
+                // A TLS 1.3 server's last flight (its Finished) left before the client's
+                // Finished came, so all that can be queued now is session tickets. TLS 1.2
+                // ends with the server's Finished, which the client waits for.
+                if s.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                    s.tickets_held = s.conn.wants_write();
+                } else {
+                    std::future::poll_fn(|cx| s.poll_flush_tls(cx)).await?;
+                }
                 return Ok(s);
             }
+            std::future::poll_fn(|cx| s.poll_flush_tls(cx)).await?;
             s.drain_early_data();
             if !s.early.is_empty() {
                 return Ok(s);
@@ -103,11 +136,6 @@ impl EarlyTlsStream {
     /// The rustls connection (peer certificates, handshake kind, protocol version).
     pub fn connection(&self) -> &ServerConnection {
         &self.conn
-    }
-
-    /// The rustls connection, to queue records on it.
-    pub fn connection_mut(&mut self) -> &mut ServerConnection {
-        &mut self.conn
     }
 
     /// The early data received so far, removed from the stream.
@@ -161,7 +189,14 @@ impl EarlyTlsStream {
     }
 }
 
-impl AsyncRead for EarlyTlsStream {
+impl TlsQueue for ServerTlsStream {
+    /// Session tickets waiting for our first write do not count: they are not owed yet.
+    fn release_queued(&mut self) -> bool {
+        !self.tickets_held && release_queued(&mut self.conn)
+    }
+}
+
+impl AsyncRead for ServerTlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -180,6 +215,7 @@ impl AsyncRead for EarlyTlsStream {
             match this.conn.reader().read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
+                    this.data_read |= n > 0;
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -190,21 +226,26 @@ impl AsyncRead for EarlyTlsStream {
                 return Poll::Ready(Ok(()));
             }
             // Tickets, alerts or handshake replies may be waiting to go out.
-            if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
+            if !this.tickets_held
+                && let Poll::Ready(Err(e)) = this.poll_flush_tls(cx)
+            {
                 return Poll::Ready(Err(e));
             }
             ready!(this.poll_read_tls(cx))?;
+            // The client sends on before hearing from us: give it its tickets now.
+            this.tickets_held &= !this.data_read;
         }
     }
 }
 
-impl AsyncWrite for EarlyTlsStream {
+impl AsyncWrite for ServerTlsStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.tickets_held = false;
         let mut n = this.conn.writer().write(buf)?;
         let flushed = this.poll_flush_tls(cx)?;
         if n == 0 && !buf.is_empty() {
@@ -230,6 +271,7 @@ impl AsyncWrite for EarlyTlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.tickets_held = false;
         // An early answer can be complete before the client's Finished has arrived. Closing
         // then would cut the handshake short and the client would never get the session
         // tickets that follow it, so its next connection could not resume: finish first.
