@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, types};
 use mtlsd::metrics::{Direction, Metrics};
+use mtlsd::proxy::forward::{Buffered, splice};
 use serde_json::json;
 
 use crate::workload::emit_phases;
@@ -87,9 +88,8 @@ fn copy_epoll(from: TcpStream, to: TcpStream) -> std::io::Result<u64> {
         let from = tokio::net::TcpStream::from_std(from)?;
         let to = tokio::net::TcpStream::from_std(to)?;
         let never = tokio_util::sync::CancellationToken::new();
-        let forwarded =
-            mtlsd::proxy::forward::splice(from, to, Duration::from_secs(60), &never, &metrics)
-                .await;
+        let from = Buffered::new(from, &metrics.buffer_bytes);
+        let forwarded = splice(from, to, Duration::from_secs(60), &never, &metrics).await;
         match forwarded.error {
             Some(e) => Err(e),
             None => Ok(forwarded.from_peer),

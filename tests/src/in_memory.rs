@@ -7,7 +7,7 @@ use std::time::Duration;
 use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::identity::{Svid, load_bundle};
 use mtlsd::metrics::ListenerMetrics;
-use mtlsd::proxy::forward::{Forwarded, splice};
+use mtlsd::proxy::forward::{Buffered, Forwarded, splice};
 use mtlsd::tls::TlsIdentity;
 use mtlsd_crypto::{Backend, KeyRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,10 +42,10 @@ pub async fn forward(total: usize, metrics: &ListenerMetrics) -> Forwarded {
     let (upstream, mut service) = tokio::io::duplex(256 * 1024);
     let never = CancellationToken::new();
     let m = metrics.clone();
-    let fwd =
-        tokio::spawn(
-            async move { splice(peer, upstream, Duration::from_secs(60), &never, &m).await },
-        );
+    let fwd = tokio::spawn(async move {
+        let peer = Buffered::new(peer, &m.buffer_bytes);
+        splice(peer, upstream, Duration::from_secs(60), &never, &m).await
+    });
     let writer = tokio::spawn(async move {
         let chunk = vec![0u8; CHUNK];
         for _ in 0..total / CHUNK {

@@ -1,101 +1,104 @@
 //! Copies bytes both ways between an authorized peer and its upstream.
 //!
-//! Backpressure and half-close come from tokio's bidirectional copy: a side is
+//! Backpressure and half-close work as in tokio's bidirectional copy: a side is
 //! only read when the other side accepted the previous bytes, and EOF in one
 //! direction shuts down writing in that direction only (TLS `close_notify` or
 //! TCP FIN) while the other direction keeps flowing.
+//!
+//! Each direction writes straight from its reader's buffer ([`AsyncBufRead`]).
+//! A TLS peer lends the records rustls has just decrypted, so those bytes are
+//! not copied again on their way to the upstream; a plain socket reads into a
+//! [`Buffered`] that exists only while bytes are in flight.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ListenerMetrics;
 pub use crate::proxy::outcome::{CloseReason, Forwarded};
 
-/// Per-direction buffer while bytes flow: one maximum-size TLS record.
+/// A plain socket's read buffer while bytes flow: one maximum-size TLS record.
 const BUF_SIZE: usize = 16 * 1024;
 
 /// Forwards until both directions finish, the connection idles out, or `hard_stop` fires.
 ///
-/// Bytes are added to `metrics` as they move, so long-lived connections show up
-/// in the byte counters before they close.
+/// `peer` lends its read buffer: a TLS stream its decrypted records, a plain socket a
+/// [`Buffered`]. Bytes are added to `metrics` as they move, so long-lived connections
+/// show up in the byte counters before they close.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would keep its arguments twice"
 )]
 pub fn splice<P, U>(
-    peer: P,
+    mut peer: P,
     upstream: U,
     idle_timeout: Duration,
     hard_stop: &CancellationToken,
     metrics: &ListenerMetrics,
 ) -> impl Future<Output = Forwarded>
 where
-    P: AsyncRead + AsyncWrite + Unpin,
+    P: AsyncBufRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    // Not `async fn`, which would keep `peer` and `upstream` twice (as arguments and as
-    // locals) in every idle connection's task; the block captures them once.
     async move {
+        let mut upstream = Buffered::new(upstream, &metrics.buffer_bytes);
         let activity = Activity::new();
-        let mut peer = Metered::new(peer, &activity, &metrics.from_peer);
-        let mut upstream = Metered::new(upstream, &activity, &metrics.to_peer);
+        let mut from_peer = Transfer::Running(Half::new(&activity, &metrics.from_peer));
+        let mut to_peer = Transfer::Running(Half::new(&activity, &metrics.to_peer));
         let (reason, error) = tokio::select! {
-            r = copy_bidirectional(&mut peer, &mut upstream, &metrics.buffer_bytes) => match r {
-                Ok(_) => (CloseReason::Completed, None),
-                Err(e) => (CloseReason::of_error(&e), Some(e)),
-            },
+            r = copy_bidirectional(&mut peer, &mut upstream, &mut from_peer, &mut to_peer) => {
+                match r {
+                    Ok(()) => (CloseReason::Completed, None),
+                    Err(e) => (CloseReason::of_error(&e), Some(e)),
+                }
+            }
             () = activity.idle_for(idle_timeout) => (CloseReason::IdleTimeout, None),
             () = hard_stop.cancelled() => (CloseReason::ShutdownGraceElapsed, None),
         };
         Forwarded {
-            from_peer: peer.bytes_read,
-            to_peer: upstream.bytes_read,
+            from_peer: from_peer.copied(),
+            to_peer: to_peer.copied(),
             reason,
             error,
         }
     }
 }
 
-/// Bytes read when a direction has no buffer: a probe on the stack, so an idle
+/// Bytes read when a [`Buffered`] has no buffer: a probe on the stack, so an idle
 /// connection that is woken without data allocates nothing.
 const PROBE_SIZE: usize = 2048;
 
-/// One direction of a copy: a buffer that exists only while bytes are in flight.
+/// A plain stream with a read buffer that exists only while bytes are in flight.
 ///
 /// tokio's bidirectional copy allocates both buffers when the connection starts and
-/// keeps them until it ends, so an idle connection holds two 16 KiB buffers. Here
-/// a direction reads into a small stack probe while it has no buffer, allocates one
-/// when data arrives, and gives it back as soon as it is empty and the next read
-/// would wait. Otherwise the loop is tokio's: read, write everything out, flush when
-/// the reader has nothing, shut the writer down after EOF.
-struct Half<'m> {
+/// keeps them until it ends, so an idle connection holds two 16 KiB buffers. This
+/// reads into a small stack probe while it has no buffer, allocates one when data
+/// arrives, and gives it back as soon as it is empty and the next read would wait.
+pub struct Buffered<'m, S> {
+    inner: S,
     buf: Option<Box<[u8]>>,
     pos: usize,
     cap: usize,
-    read_done: bool,
-    need_flush: bool,
-    copied: u64,
+    /// Buffer bytes held by all connections of the listener.
     held: &'m Gauge,
 }
 
-impl<'m> Half<'m> {
-    fn new(held: &'m Gauge) -> Self {
+impl<'m, S> Buffered<'m, S> {
+    /// `inner`, with no buffer yet; `held` counts the buffer while it exists.
+    pub fn new(inner: S, held: &'m Gauge) -> Self {
         Self {
+            inner,
             buf: None,
             pos: 0,
             cap: 0,
-            read_done: false,
-            need_flush: false,
-            copied: 0,
             held,
         }
     }
@@ -105,38 +108,122 @@ impl<'m> Half<'m> {
             self.held.dec_by(BUF_SIZE as i64);
         }
     }
+}
 
-    /// Reads into the buffer (or the probe, when there is none); `cap` grows by what came.
-    fn poll_fill<R: AsyncRead + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: &mut R,
-    ) -> Poll<io::Result<()>> {
-        let n = match &mut self.buf {
-            Some(buf) => {
-                let mut rb = ReadBuf::new(&mut buf[self.cap..]);
-                std::task::ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
-                rb.filled().len()
-            }
-            None => {
-                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE_SIZE];
-                let mut rb = ReadBuf::uninit(&mut probe);
-                std::task::ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
-                let got = rb.filled();
-                if !got.is_empty() {
-                    let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
-                    buf[..got.len()].copy_from_slice(got);
-                    self.held.inc_by(BUF_SIZE as i64);
-                    self.buf = Some(buf);
+impl<S> Drop for Buffered<'_, S> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncBufRead for Buffered<'_, S> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.pos == this.cap {
+            this.pos = 0;
+            this.cap = 0;
+            let poll = match &mut this.buf {
+                Some(buf) => {
+                    let mut rb = ReadBuf::new(buf);
+                    Pin::new(&mut this.inner)
+                        .poll_read(cx, &mut rb)
+                        .map_ok(|()| rb.filled().len())
                 }
-                got.len()
+                None => {
+                    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE_SIZE];
+                    let mut rb = ReadBuf::uninit(&mut probe);
+                    let poll = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+                    let got = rb.filled();
+                    if matches!(poll, Poll::Ready(Ok(()))) && !got.is_empty() {
+                        let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
+                        buf[..got.len()].copy_from_slice(got);
+                        this.held.inc_by(BUF_SIZE as i64);
+                        this.buf = Some(buf);
+                    }
+                    poll.map_ok(|()| got.len())
+                }
+            };
+            match poll {
+                Poll::Ready(Ok(n)) => this.cap = n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // Nothing to read: hold no memory while waiting.
+                Poll::Pending => {
+                    this.release();
+                    return Poll::Pending;
+                }
             }
-        };
-        self.cap += n;
-        if n == 0 {
-            self.read_done = true;
         }
-        Poll::Ready(Ok(()))
+        let buf = this.buf.as_deref().unwrap_or_default();
+        Poll::Ready(Ok(&buf[this.pos..this.cap]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        this.pos = (this.pos + amt).min(this.cap);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Buffered<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read_from_buf(self, cx, buf)
+    }
+}
+
+/// `poll_read` for a reader that lends its buffer: copies out of it what fits in `buf`.
+pub fn poll_read_from_buf<R: AsyncBufRead + ?Sized>(
+    mut reader: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let chunk = ready!(reader.as_mut().poll_fill_buf(cx))?;
+    let n = chunk.len().min(buf.remaining());
+    buf.put_slice(&chunk[..n]);
+    reader.consume(n);
+    Poll::Ready(Ok(()))
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Buffered<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One direction of a copy: what it has moved and whether the writer owes a flush.
+///
+/// The loop is tokio's: write what the reader holds, flush when the reader has
+/// nothing, shut the writer down after EOF. Bytes count (and postpone the idle
+/// timeout) once the writer took them.
+struct Half<'m> {
+    need_flush: bool,
+    copied: u64,
+    activity: &'m Activity,
+    counter: &'m Counter,
+}
+
+impl<'m> Half<'m> {
+    fn new(activity: &'m Activity, counter: &'m Counter) -> Self {
+        Self {
+            need_flush: false,
+            copied: 0,
+            activity,
+            counter,
+        }
     }
 
     /// Copies until `reader` ends and everything read is written and flushed.
@@ -145,53 +232,38 @@ impl<'m> Half<'m> {
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
-    ) -> Poll<io::Result<u64>>
+    ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
+        R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         loop {
-            if self.pos == self.cap && !self.read_done {
-                self.pos = 0;
-                self.cap = 0;
-                match self.poll_fill(cx, reader) {
-                    Poll::Ready(result) => result?,
-                    Poll::Pending => {
-                        // Nothing to read: flush what was written (the reader may be waiting
-                        // for it), and hold no memory while waiting.
-                        if self.need_flush {
-                            std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        self.release();
-                        return Poll::Pending;
+            let chunk = match Pin::new(&mut *reader).poll_fill_buf(cx) {
+                Poll::Ready(chunk) => chunk?,
+                Poll::Pending => {
+                    // Nothing to read: flush what was written (the reader may be waiting
+                    // for it).
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        self.need_flush = false;
                     }
+                    return Poll::Pending;
                 }
+            };
+            if chunk.is_empty() {
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                return Poll::Ready(Ok(()));
             }
-            while self.pos < self.cap {
-                let buf = self.buf.as_deref().unwrap_or_default();
-                let n = std::task::ready!(
-                    Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap])
-                )?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pos += n;
-                self.copied += n as u64;
-                self.need_flush = true;
+            let n = ready!(Pin::new(&mut *writer).poll_write(cx, chunk))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            if self.read_done {
-                self.release();
-                std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                return Poll::Ready(Ok(self.copied));
-            }
+            Pin::new(&mut *reader).consume(n);
+            self.copied += n as u64;
+            self.counter.inc_by(n as u64);
+            self.activity.touch();
+            self.need_flush = true;
         }
-    }
-}
-
-impl Drop for Half<'_> {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
@@ -202,46 +274,59 @@ enum Transfer<'m> {
     Done(u64),
 }
 
+impl Transfer<'_> {
+    /// Bytes this direction has moved.
+    fn copied(&self) -> u64 {
+        match self {
+            Self::Running(half) => half.copied,
+            Self::ShuttingDown(copied) | Self::Done(copied) => *copied,
+        }
+    }
+}
+
 fn poll_transfer<R, W>(
     cx: &mut Context<'_>,
     state: &mut Transfer<'_>,
     reader: &mut R,
     writer: &mut W,
-) -> Poll<io::Result<u64>>
+) -> Poll<io::Result<()>>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     loop {
         match state {
             Transfer::Running(half) => {
-                let copied = std::task::ready!(half.poll_copy(cx, reader, writer))?;
-                *state = Transfer::ShuttingDown(copied);
+                ready!(half.poll_copy(cx, reader, writer))?;
+                *state = Transfer::ShuttingDown(half.copied);
             }
             Transfer::ShuttingDown(copied) => {
                 // Half-close: EOF one way shuts down writing that way only.
-                std::task::ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 *state = Transfer::Done(*copied);
             }
-            Transfer::Done(copied) => return Poll::Ready(Ok(*copied)),
+            Transfer::Done(_) => return Poll::Ready(Ok(())),
         }
     }
 }
 
-/// Copies both ways until both directions have ended; `held` counts the buffer bytes in use.
-async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B, held: &Gauge) -> io::Result<(u64, u64)>
+/// Copies both ways until both directions have ended.
+async fn copy_bidirectional<A, B>(
+    a: &mut A,
+    b: &mut B,
+    a_to_b: &mut Transfer<'_>,
+    b_to_a: &mut Transfer<'_>,
+) -> io::Result<()>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncBufRead + AsyncWrite + Unpin,
+    B: AsyncBufRead + AsyncWrite + Unpin,
 {
-    let mut a_to_b = Transfer::Running(Half::new(held));
-    let mut b_to_a = Transfer::Running(Half::new(held));
     std::future::poll_fn(|cx| {
-        let a_done = poll_transfer(cx, &mut a_to_b, a, b)?;
-        let b_done = poll_transfer(cx, &mut b_to_a, b, a)?;
-        let a_copied = std::task::ready!(a_done);
-        let b_copied = std::task::ready!(b_done);
-        Poll::Ready(Ok((a_copied, b_copied)))
+        let a_done = poll_transfer(cx, a_to_b, a, b)?;
+        let b_done = poll_transfer(cx, b_to_a, b, a)?;
+        ready!(a_done);
+        ready!(b_done);
+        Poll::Ready(Ok(()))
     })
     .await
 }
@@ -358,61 +443,6 @@ impl Activity {
     }
 }
 
-/// A stream wrapper that counts the bytes read through it and records activity.
-struct Metered<'a, S> {
-    inner: S,
-    bytes_read: u64,
-    activity: &'a Activity,
-    counter: &'a Counter,
-}
-
-impl<'a, S> Metered<'a, S> {
-    fn new(inner: S, activity: &'a Activity, counter: &'a Counter) -> Self {
-        Self {
-            inner,
-            bytes_read: 0,
-            activity,
-            counter,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.bytes_read += n as u64;
-            self.counter.inc_by(n as u64);
-            self.activity.touch();
-        }
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
@@ -432,6 +462,7 @@ mod tests {
         let counted = meters();
         let m = counted.clone();
         let fwd = tokio::spawn(async move {
+            let peer = Buffered::new(peer, &m.buffer_bytes);
             splice(peer, upstream, Duration::from_secs(60), &never, &m).await
         });
 
@@ -455,6 +486,47 @@ mod tests {
         assert_eq!((counted.from_peer.get(), counted.to_peer.get()), (7, 8));
     }
 
+    #[tokio::test]
+    async fn a_peer_that_lends_its_buffer_is_forwarded_from_it_both_ways() {
+        let (mut client, peer) = duplex(64 * 1024);
+        let (upstream, mut service) = duplex(64 * 1024);
+        let never = CancellationToken::new();
+        let counted = meters();
+        let m = counted.clone();
+        // tokio's BufReader lends its buffer the way the TLS stream lends a decrypted record.
+        let fwd = tokio::spawn(async move {
+            let peer = tokio::io::BufReader::new(peer);
+            splice(peer, upstream, Duration::from_secs(60), &never, &m).await
+        });
+
+        // More than the pipes hold, so the copy has to keep up with the service.
+        let burst: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+        let sent = burst.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        service.read_to_end(&mut got).await.unwrap();
+        assert!(got == burst, "bytes changed or lost on the way");
+        let mut client = writer.await.unwrap();
+        service.write_all(b"answer").await.unwrap();
+        service.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+
+        let done = fwd.await.unwrap();
+        assert_eq!(
+            (done.from_peer, done.to_peer, done.reason),
+            (200 * 1024, 6, CloseReason::Completed)
+        );
+        assert_eq!(counted.from_peer.get(), 200 * 1024);
+        // Only the upstream's side had a buffer of ours, and it is given back.
+        assert_eq!(counted.buffer_bytes.get(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_connections_are_closed_and_activity_postpones_it() {
         let (mut client, peer) = duplex(64);
@@ -462,7 +534,15 @@ mod tests {
         let never = CancellationToken::new();
         let start = Instant::now();
         let fwd = tokio::spawn(async move {
-            splice(peer, upstream, Duration::from_secs(10), &never, &meters()).await
+            let m = meters();
+            splice(
+                Buffered::new(peer, &m.buffer_bytes),
+                upstream,
+                Duration::from_secs(10),
+                &never,
+                &m,
+            )
+            .await
         });
         tokio::time::sleep(Duration::from_secs(6)).await;
         client.write_all(b"x").await.unwrap();
@@ -494,6 +574,7 @@ mod tests {
         let held = counted.buffer_bytes.clone();
         let m = counted.clone();
         let fwd = tokio::spawn(async move {
+            let peer = Buffered::new(peer, &m.buffer_bytes);
             splice(peer, upstream, Duration::from_secs(60), &never, &m).await
         });
         settle(&held, 0).await;
@@ -534,7 +615,9 @@ mod tests {
         let (upstream, _service) = duplex(64);
         let stop = CancellationToken::new();
         stop.cancel();
-        let done = splice(peer, upstream, Duration::from_secs(60), &stop, &meters()).await;
+        let m = meters();
+        let peer = Buffered::new(peer, &m.buffer_bytes);
+        let done = splice(peer, upstream, Duration::from_secs(60), &stop, &m).await;
         assert_eq!(done.reason, CloseReason::ShutdownGraceElapsed);
     }
 }

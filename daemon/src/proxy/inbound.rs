@@ -16,7 +16,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::forward::{FlushOnRead, Forwarded, splice};
+use super::forward::{Buffered, FlushOnRead, Forwarded, splice};
 use super::listener::{ConnContext, Route};
 use super::live::{PeerFacts, Registration};
 use super::outcome::HandshakeKind;
@@ -553,10 +553,11 @@ impl Inbound {
             // would leave its room behind in this state too.
             let metrics = &self.state.metrics;
             let mut forwarded = match &mut stream {
-                PeerStream::Tls(tls) => {
-                    splice(FlushOnRead(tls), &mut upstream, idle, hard_stop, metrics).await
-                }
+                // Our TLS stream sends what it owes the peer before it waits for it, so it
+                // needs no FlushOnRead here.
+                PeerStream::Tls(tls) => splice(tls, &mut upstream, idle, hard_stop, metrics).await,
                 PeerStream::Plaintext(tcp) => {
+                    let tcp = Buffered::new(tcp, &metrics.buffer_bytes);
                     splice(tcp, &mut upstream, idle, hard_stop, metrics).await
                 }
             };

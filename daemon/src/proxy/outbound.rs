@@ -9,7 +9,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::forward::{FlushOnRead, splice};
+use super::forward::{Buffered, FlushOnRead, splice};
 use super::listener::ConnContext;
 use super::live::PeerFacts;
 use super::outcome::HandshakeKind;
@@ -119,7 +119,7 @@ impl Outbound {
             &conn.hard_stop,
         );
         let mut forwarded = splice(
-            local,
+            Buffered::new(local, &self.state.metrics.buffer_bytes),
             FlushOnRead(remote),
             self.config.limits.idle_timeout,
             registration.token(),

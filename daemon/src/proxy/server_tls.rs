@@ -24,15 +24,15 @@
 //! The I/O glue follows tokio-rustls: rustls is driven through a synchronous
 //! adapter that turns `Pending` into `WouldBlock`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use rustls::ServerConnection;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::forward::{TlsQueue, release_queued};
+use super::forward::{TlsQueue, poll_read_from_buf, release_queued};
 
 /// A TLS server connection over TCP that can be used before its handshake completes.
 #[derive(Debug)]
@@ -196,45 +196,75 @@ impl TlsQueue for ServerTlsStream {
     }
 }
 
+impl ServerTlsStream {
+    /// Reads and decrypts until there is plaintext to hand out (early data first), the
+    /// peer has closed, or an error.
+    fn poll_plaintext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            self.drain_early_data();
+            if !self.early.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.conn.reader().into_first_chunk() {
+                // A record's plaintext, or an empty one after close_notify.
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
+            // About to wait for the peer: first send what we owe it (a KeyUpdate answer rustls
+            // keeps for our next record, an alert, tickets not held for an answer).
+            if !self.tickets_held {
+                release_queued(&mut self.conn);
+                if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            ready!(self.poll_read_tls(cx))?;
+            // The client sends on before hearing from us: give it its tickets now.
+            self.tickets_held &= !self.data_read;
+        }
+    }
+}
+
+/// Lends the decrypted record itself, so the copy loop writes it without copying it first.
+impl AsyncBufRead for ServerTlsStream {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        ready!(this.poll_plaintext(cx))?;
+        if !this.early.is_empty() {
+            return Poll::Ready(Ok(&this.early));
+        }
+        Poll::Ready(match this.conn.reader().into_first_chunk() {
+            // rustls has seen the end of the stream and has nothing more: report it.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(&[]),
+            chunk => chunk,
+        })
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        if amt == 0 {
+            return;
+        }
+        this.data_read = true;
+        if this.early.is_empty() {
+            this.conn.reader().consume(amt);
+        } else {
+            this.early.drain(..amt);
+        }
+    }
+}
+
 impl AsyncRead for ServerTlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            // Early data first, in order, then the application data that follows it.
-            this.drain_early_data();
-            if !this.early.is_empty() {
-                let n = this.early.len().min(buf.remaining());
-                buf.put_slice(&this.early[..n]);
-                this.early.drain(..n);
-                return Poll::Ready(Ok(()));
-            }
-            match this.conn.reader().read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    this.data_read |= n > 0;
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            if this.eof {
-                // rustls has seen end of stream and has nothing more: report it.
-                return Poll::Ready(Ok(()));
-            }
-            // Tickets, alerts or handshake replies may be waiting to go out.
-            if !this.tickets_held
-                && let Poll::Ready(Err(e)) = this.poll_flush_tls(cx)
-            {
-                return Poll::Ready(Err(e));
-            }
-            ready!(this.poll_read_tls(cx))?;
-            // The client sends on before hearing from us: give it its tickets now.
-            this.tickets_held &= !this.data_read;
-        }
+        poll_read_from_buf(self, cx, buf)
     }
 }
 
