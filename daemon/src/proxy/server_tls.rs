@@ -172,31 +172,6 @@ impl ServerTlsStream {
         Poll::Ready(Ok(n))
     }
 
-    /// Writes out everything rustls has queued.
-    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut SyncIo {
-                io: &mut self.io,
-                cx,
-            }) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl TlsQueue for ServerTlsStream {
-    /// Session tickets waiting for our first write do not count: they are not owed yet.
-    fn release_queued(&mut self) -> bool {
-        !self.tickets_held && release_queued(&mut self.conn)
-    }
-}
-
-impl ServerTlsStream {
     /// Reads and decrypts until there is plaintext to hand out (early data first), the
     /// peer has closed, or an error.
     fn poll_plaintext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -226,6 +201,29 @@ impl ServerTlsStream {
             // The client sends on before hearing from us: give it its tickets now.
             self.tickets_held &= !self.data_read;
         }
+    }
+
+    /// Writes out everything rustls has queued.
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut SyncIo {
+                io: &mut self.io,
+                cx,
+            }) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl TlsQueue for ServerTlsStream {
+    /// Session tickets waiting for our first write do not count: they are not owed yet.
+    fn release_queued(&mut self) -> bool {
+        !self.tickets_held && release_queued(&mut self.conn)
     }
 }
 
