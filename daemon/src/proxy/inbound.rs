@@ -141,7 +141,6 @@ impl Inbound {
         conn: ConnContext,
     ) -> impl Future<Output = Outcome> + '_ {
         let started = Instant::now();
-        let _ = stream.set_nodelay(true);
         // The handshake's state (ClientHello, rustls' handshake, the policy) lives on the heap
         // and is freed when it ends: inline, it would size this future, which an idle
         // connection holds for its whole life, at several KiB. Made here, so that the block

@@ -234,6 +234,12 @@ impl Listener {
     /// by then), before the closing log line, so a client that reacts to that
     /// line finds the slot free.
     pub async fn serve(self: Arc<Self>, socket: TcpListener, drain: Drain) -> TcpListener {
+        // Accepted sockets inherit TCP_NODELAY from the listening one: set once here instead of
+        // a setsockopt per connection. Small records (a handshake flight, an answer) must not
+        // wait out Nagle and a delayed ACK.
+        let nodelay_each = socket2::SockRef::from(&socket)
+            .set_tcp_nodelay(true)
+            .is_err();
         let mut errors = AcceptErrors::default();
         loop {
             let accepted = tokio::select! {
@@ -248,6 +254,9 @@ impl Listener {
                     continue;
                 }
             };
+            if nodelay_each {
+                let _ = stream.set_nodelay(true);
+            }
             let Some(permit) = self.open.try_open(route.max_connections()) else {
                 let refusal = Refusal::new(
                     RefuseReason::TooManyConnections,

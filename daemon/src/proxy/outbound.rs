@@ -82,7 +82,6 @@ impl Outbound {
     /// Dials, verifies, forwards and closes one local client's connection.
     pub async fn handle(&self, local: TcpStream, conn: &ConnContext) -> Outcome {
         let started = Instant::now();
-        let _ = local.set_nodelay(true);
         let deadline = started + self.config.limits.handshake_timeout;
         // On the heap only while it runs: see the inbound handshake.
         let (remote, kind, facts) =
