@@ -9,7 +9,10 @@
 //!   signatures both sides remember from the first (`mtlsd_crypto::verify_cache`);
 //! - `resumed`: one resumed handshake (ticket) after a priming one, both sides;
 //! - `forward`: 64 MiB through mtlsd's copy loop (`proxy::forward::splice`) between
-//!   in-memory pipes.
+//!   in-memory pipes;
+//! - `tls_forward`: 64 MiB from a rustls client through the inbound side's TLS stream
+//!   (`proxy::server_tls`) and the copy loop to a pipe, over a socket pair: the handshake,
+//!   the client's encryption and the daemon's decryption included.
 //!
 //! Valgrind emulates its own CPU (no AVX-512, for one), so aws-lc may take other code paths
 //! than on the host: the counts are for comparing commits, not for converting into time.
@@ -25,17 +28,17 @@ use mtlsd::tls::tickets::{KeySource, Ticketer};
 use mtlsd::tls::{ServerResumption, TlsIdentity};
 use mtlsd_crypto::software::Software;
 use mtlsd_crypto::test_support::handshake_in_memory;
-use mtlsd_e2e::in_memory::{forward, tls_identity};
+use mtlsd_e2e::in_memory::{forward, forward_tls, tls_identity};
 use serde_json::{Value, json};
 
 /// Options of `icount`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cases, comma-separated, from full, repeat, resumed, forward.
+    /// Cases, comma-separated, from full, repeat, resumed, forward, tls_forward.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "full,repeat,resumed,forward"
+        default_value = "full,repeat,resumed,forward,tls_forward"
     )]
     cases: Vec<String>,
     /// Runs one case once, without valgrind: what each callgrind run executes.
@@ -75,6 +78,17 @@ fn icount_case_resumed(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::
 #[inline(never)]
 fn icount_case_forward(rt: &tokio::runtime::Runtime, metrics: &mtlsd::metrics::ListenerMetrics) {
     let forwarded = rt.block_on(forward(FORWARD_BYTES, metrics));
+    assert_eq!(forwarded.from_peer, FORWARD_BYTES as u64);
+}
+
+#[inline(never)]
+fn icount_case_tls_forward(
+    rt: &tokio::runtime::Runtime,
+    metrics: &mtlsd::metrics::ListenerMetrics,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) {
+    let forwarded = rt.block_on(forward_tls(FORWARD_BYTES, metrics, server, client));
     assert_eq!(forwarded.from_peer, FORWARD_BYTES as u64);
 }
 
@@ -129,17 +143,27 @@ fn inner(case: &str) -> Result<(), String> {
             handshake_in_memory(&server, &client);
             icount_case_resumed(&server, &client);
         }
-        "forward" => {
+        "forward" | "tls_forward" => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
             let metrics = Metrics::new().listener("icount", Direction::Inbound);
-            icount_case_forward(&rt, &metrics);
+            if case == "forward" {
+                icount_case_forward(&rt, &metrics);
+            } else {
+                let server = server_id
+                    .server_config(&ServerResumption::Off)
+                    .map_err(|e| e.to_string())?;
+                let client = client_id
+                    .client_config(&server_id.svid.id, false, false)
+                    .map_err(|e| e.to_string())?;
+                icount_case_tls_forward(&rt, &metrics, server, client);
+            }
         }
         other => {
             return Err(format!(
-                "unknown case {other:?}; expected full, repeat, resumed or forward"
+                "unknown case {other:?}; expected full, repeat, resumed, forward or tls_forward"
             ));
         }
     }
@@ -187,7 +211,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut counts = serde_json::Map::new();
     for case in &args.cases {
         let n = count(case)?;
-        eprintln!("{case:<8} {n:>15} instructions");
+        eprintln!("{case:<11} {n:>15} instructions");
         counts.insert(case.clone(), Value::from(n));
     }
     let report = json!({

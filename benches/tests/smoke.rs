@@ -270,6 +270,17 @@ fn mtlsd_bench_icount_counts_the_instructions_of_a_full_handshake_under_callgrin
 }
 
 #[test]
+fn mtlsd_bench_icount_tls_forward_case_moves_every_byte_through_the_tls_stream() {
+    // What each callgrind run of the case executes, natively: it fails unless the service
+    // received all 64 MiB and the copy loop counted them as from the peer.
+    run_ok(Command::new(env!("CARGO_BIN_EXE_mtlsd-bench")).args([
+        "icount",
+        "--inner",
+        "tls_forward",
+    ]));
+}
+
+#[test]
 fn mtlsd_bench_uring_copies_every_byte_through_both_loops() {
     // 1 or 2: io_uring is disabled for (some) processes on this kernel.
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")

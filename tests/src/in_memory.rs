@@ -1,13 +1,16 @@
-//! The daemon's code without sockets, for benchmarks: TLS identities built the way the
-//! daemon builds them, and its copy loop between in-memory pipes.
+//! The daemon's code without the network, for benchmarks: TLS identities built the way the
+//! daemon builds them, and its copy loop between in-memory pipes or socket pairs.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mtlsd::ca::{Authority, LeafSpec};
 use mtlsd::identity::{Svid, load_bundle};
 use mtlsd::metrics::ListenerMetrics;
 use mtlsd::proxy::forward::{Buffered, Forwarded, splice};
+use mtlsd::proxy::server_tls::ServerTlsStream;
 use mtlsd::tls::TlsIdentity;
 use mtlsd_crypto::{Backend, KeyRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,6 +56,59 @@ pub async fn forward(total: usize, metrics: &ListenerMetrics) -> Forwarded {
         }
         client.shutdown().await.unwrap();
         client
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    while got < total {
+        got += service.read(&mut buf).await.unwrap();
+    }
+    drop(service);
+    drop(writer.await.unwrap());
+    fwd.await.unwrap()
+}
+
+/// A connected pair of stream sockets registered with tokio as TCP streams, which is what
+/// [`ServerTlsStream`] takes: the daemon's I/O paths without a network.
+fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let as_tcp = |s: std::os::unix::net::UnixStream| {
+        s.set_nonblocking(true).unwrap();
+        tokio::net::TcpStream::from_std(std::net::TcpStream::from(OwnedFd::from(s))).unwrap()
+    };
+    (as_tcp(a), as_tcp(b))
+}
+
+/// `total` bytes (a multiple of 16 KiB) from a rustls client, through the inbound side's
+/// [`ServerTlsStream`] and [`splice`], to a service pipe that reads them all: the handshake,
+/// the client's encryption, the daemon's decryption and its copy loop.
+pub async fn forward_tls(
+    total: usize,
+    metrics: &ListenerMetrics,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) -> Forwarded {
+    const CHUNK: usize = 16 * 1024;
+    let (client_io, server_io) = socket_pair();
+    let (upstream, mut service) = tokio::io::duplex(256 * 1024);
+    let never = CancellationToken::new();
+    let m = metrics.clone();
+    let fwd = tokio::spawn(async move {
+        let conn = rustls::ServerConnection::new(server).unwrap();
+        let mut tls = ServerTlsStream::accept(server_io, conn).await.unwrap();
+        splice(&mut tls, upstream, Duration::from_secs(60), &never, &m).await
+    });
+    let writer = tokio::spawn(async move {
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, client_io)
+            .await
+            .unwrap();
+        let chunk = vec![0u8; CHUNK];
+        for _ in 0..total / CHUNK {
+            tls.write_all(&chunk).await.unwrap();
+        }
+        tls.shutdown().await.unwrap();
+        tls
     });
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0;

@@ -490,10 +490,20 @@ fn edit(base: &[u8], script: &[u8]) -> Vec<u8> {
 
 thread_local! {
     /// One single-threaded runtime per thread: the corpus replay runs targets on many threads.
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .expect("tokio runtime");
+    static RUNTIME: tokio::runtime::Runtime = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("tokio runtime");
+        // A write to a peer that has gone must fail with EPIPE, as it does in the daemon,
+        // whose Rust runtime ignores SIGPIPE; libFuzzer's does not, and a vectored write
+        // (a TLS flight) cannot ask for MSG_NOSIGNAL. Handling the signal overrides its
+        // default action for the rest of the process.
+        let enter = rt.enter();
+        let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe());
+        drop(enter);
+        rt
+    };
 }
 
 /// Sends `flight` (then end of stream) to an early-data listener's [`ServerTlsStream`];
@@ -505,8 +515,7 @@ async fn serve_flight(
     reply: bool,
 ) -> Option<Vec<u8>> {
     // `ServerTlsStream` takes a `TcpStream`; a socket pair wrapped as one keeps the
-    // test off the network. Both ends send with MSG_NOSIGNAL, as TCP streams do, so
-    // a closed peer is an error and not SIGPIPE (libFuzzer does not ignore it).
+    // test off the network. A closed peer is an error, not SIGPIPE (see `RUNTIME`).
     let (server, client) = std::os::unix::net::UnixStream::pair().expect("socket pair");
     let as_tcp = |s: std::os::unix::net::UnixStream| {
         s.set_nonblocking(true).expect("non-blocking");
