@@ -1,6 +1,6 @@
 //! The inbound side's TLS stream: rustls driven by us rather than by tokio-rustls.
 //!
-//! Two things need the handshake in our hands:
+//! Three things need rustls in our hands:
 //!
 //! - **0-RTT.** tokio-rustls finishes the whole handshake, client `Finished`
 //!   included, before its stream yields a byte, so an early request would reach
@@ -20,6 +20,9 @@
 //!   earlier when the client sends more after its first request (a client that only
 //!   uploads) and before `close_notify`, so every client that stays to the end of
 //!   its connection gets them.
+//! - **Records lent, not copied.** As an [`AsyncBufRead`] the stream hands the
+//!   copy loop rustls' decrypted record itself, which goes to the upstream without
+//!   first being copied into a buffer of ours.
 //!
 //! The I/O glue follows tokio-rustls: rustls is driven through a synchronous
 //! adapter that turns `Pending` into `WouldBlock`.
