@@ -88,7 +88,7 @@ impl Software {
 
 /// The rustls provider mtlsd uses: aws-lc-rs with post-quantum hybrid key exchange first,
 /// TLS 1.3's AES-128-GCM-SHA256 first among the cipher suites, its key schedule on HMAC keys
-/// prepared once ([`crate::hkdf`]), and certificate signatures verified once
+/// prepared once (`hkdf.rs`), and certificate signatures verified once
 /// ([`crate::verify_cache`]).
 ///
 /// Why AES-128 first: the handshake's transcript hash and HKDF run on the suite's hash, and

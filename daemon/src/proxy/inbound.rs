@@ -133,7 +133,7 @@ impl Inbound {
 
     /// Admits, forwards and closes one accepted connection.
     ///
-    /// Not `async fn`, like [`Inbound::forward`]: the block captures the arguments once.
+    /// Not `async fn`, like `forward` below: the block captures the arguments once.
     pub fn handle(
         &self,
         stream: TcpStream,
