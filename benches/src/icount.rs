@@ -108,14 +108,19 @@ fn inner(case: &str) -> Result<(), String> {
         provider: Arc::new(provider),
         ..client_id
     };
+    // Without resumption: every handshake a full one.
+    let full_configs = || {
+        let server = server_id
+            .server_config(&ServerResumption::Off)
+            .map_err(|e| e.to_string())?;
+        let client = client_id
+            .client_config(&server_id.svid.id, false, false)
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((server, client))
+    };
     match case {
         "full" | "repeat" => {
-            let server = server_id
-                .server_config(&ServerResumption::Off)
-                .map_err(|e| e.to_string())?;
-            let client = client_id
-                .client_config(&server_id.svid.id, false, false)
-                .map_err(|e| e.to_string())?;
+            let (server, client) = full_configs()?;
             if case == "full" {
                 icount_case_full(&server, &client);
             } else {
@@ -152,12 +157,7 @@ fn inner(case: &str) -> Result<(), String> {
             if case == "forward" {
                 icount_case_forward(&rt, &metrics);
             } else {
-                let server = server_id
-                    .server_config(&ServerResumption::Off)
-                    .map_err(|e| e.to_string())?;
-                let client = client_id
-                    .client_config(&server_id.svid.id, false, false)
-                    .map_err(|e| e.to_string())?;
+                let (server, client) = full_configs()?;
                 icount_case_tls_forward(&rt, &metrics, server, client);
             }
         }

@@ -40,16 +40,32 @@ pub fn tls_identity(ca: &Authority, dir: &Path, id: &str, backend: &dyn Backend)
 /// `total` bytes (a multiple of 16 KiB) from a client pipe through [`splice`] to a service
 /// pipe that reads them all; the copy loop's outcome.
 pub async fn forward(total: usize, metrics: &ListenerMetrics) -> Forwarded {
-    const CHUNK: usize = 16 * 1024;
-    let (mut client, peer) = tokio::io::duplex(256 * 1024);
-    let (upstream, mut service) = tokio::io::duplex(256 * 1024);
+    let (client, peer) = tokio::io::duplex(256 * 1024);
+    let (upstream, service) = tokio::io::duplex(256 * 1024);
     let never = CancellationToken::new();
     let m = metrics.clone();
     let fwd = tokio::spawn(async move {
         let peer = Buffered::new(peer, &m.buffer_bytes);
         splice(peer, upstream, Duration::from_secs(60), &never, &m).await
     });
+    pump(total, async move { client }, service, fwd).await
+}
+
+/// Has the client that `connect` yields write `total` bytes (16 KiB at a time) and close,
+/// while `service` reads them all; then the outcome of `fwd`, the copy loop between them.
+async fn pump<C, F>(
+    total: usize,
+    connect: F,
+    mut service: tokio::io::DuplexStream,
+    fwd: tokio::task::JoinHandle<Forwarded>,
+) -> Forwarded
+where
+    C: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = C> + Send + 'static,
+{
+    const CHUNK: usize = 16 * 1024;
     let writer = tokio::spawn(async move {
+        let mut client = connect.await;
         let chunk = vec![0u8; CHUNK];
         for _ in 0..total / CHUNK {
             client.write_all(&chunk).await.unwrap();
@@ -87,9 +103,8 @@ pub async fn forward_tls(
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
 ) -> Forwarded {
-    const CHUNK: usize = 16 * 1024;
     let (client_io, server_io) = socket_pair();
-    let (upstream, mut service) = tokio::io::duplex(256 * 1024);
+    let (upstream, service) = tokio::io::duplex(256 * 1024);
     let never = CancellationToken::new();
     let m = metrics.clone();
     let fwd = tokio::spawn(async move {
@@ -97,25 +112,12 @@ pub async fn forward_tls(
         let mut tls = ServerTlsStream::accept(server_io, conn).await.unwrap();
         splice(&mut tls, upstream, Duration::from_secs(60), &never, &m).await
     });
-    let writer = tokio::spawn(async move {
+    let connect = async move {
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(client)
+        tokio_rustls::TlsConnector::from(client)
             .connect(name, client_io)
             .await
-            .unwrap();
-        let chunk = vec![0u8; CHUNK];
-        for _ in 0..total / CHUNK {
-            tls.write_all(&chunk).await.unwrap();
-        }
-        tls.shutdown().await.unwrap();
-        tls
-    });
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0;
-    while got < total {
-        got += service.read(&mut buf).await.unwrap();
-    }
-    drop(service);
-    drop(writer.await.unwrap());
-    fwd.await.unwrap()
+            .unwrap()
+    };
+    pump(total, connect, service, fwd).await
 }
