@@ -338,12 +338,6 @@ pub trait TlsQueue {
     fn release_queued(&mut self) -> bool;
 }
 
-impl<T: TlsQueue + ?Sized> TlsQueue for &mut T {
-    fn release_queued(&mut self) -> bool {
-        (**self).release_queued()
-    }
-}
-
 /// Releases what `conn` holds back and says whether it has records to write.
 ///
 /// rustls keeps the answer to a peer's KeyUpdate until the next record it sends;

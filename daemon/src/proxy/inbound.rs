@@ -16,7 +16,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::forward::{Buffered, FlushOnRead, Forwarded, splice};
+use super::forward::{Buffered, Forwarded, splice};
 use super::listener::{ConnContext, Route};
 use super::live::{PeerFacts, Registration};
 use super::outcome::HandshakeKind;
@@ -512,9 +512,7 @@ impl Inbound {
             idle_timeout: self.config.limits.idle_timeout,
             decisions: conn.decisions.clone(),
         };
-        connection
-            .serve(FlushOnRead(stream), &conn.draining, stop)
-            .await
+        connection.serve(stream, &conn.draining, stop).await
     }
 
     /// Forwards an admitted peer to the upstream until either side is done: the PROXY header

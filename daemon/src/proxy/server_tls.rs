@@ -35,7 +35,7 @@ use rustls::ServerConnection;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::forward::{TlsQueue, poll_read_from_buf, release_queued};
+use super::forward::{poll_read_from_buf, release_queued};
 
 /// A TLS server connection over TCP that can be used before its handshake completes.
 #[derive(Debug)]
@@ -220,13 +220,6 @@ impl ServerTlsStream {
             }
         }
         Poll::Ready(Ok(()))
-    }
-}
-
-impl TlsQueue for ServerTlsStream {
-    /// Session tickets waiting for our first write do not count: they are not owed yet.
-    fn release_queued(&mut self) -> bool {
-        !self.tickets_held && release_queued(&mut self.conn)
     }
 }
 
