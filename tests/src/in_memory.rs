@@ -109,7 +109,10 @@ pub async fn forward_tls(
     let m = metrics.clone();
     let fwd = tokio::spawn(async move {
         let conn = rustls::ServerConnection::new(server).unwrap();
-        let mut tls = ServerTlsStream::accept(server_io, conn).await.unwrap();
+        let held = m.buffer_bytes.clone();
+        let mut tls = ServerTlsStream::accept(server_io, conn, held)
+            .await
+            .unwrap();
         splice(&mut tls, upstream, Duration::from_secs(60), &never, &m).await
     });
     let connect = async move {

@@ -202,6 +202,66 @@ async fn a_key_update_is_answered_without_waiting_for_upstream_traffic() {
     assert_eq!(echo_round_trip(&mut tls, b"after").await.unwrap(), b"after");
 }
 
+/// A streaming client's records are read ahead in large pieces. A record that fails to
+/// decrypt ends the connection with the reason logged, but only after every good record
+/// before it has reached the upstream; the daemon goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_record_in_a_burst_ends_the_connection_after_the_good_ones_arrive() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new(TD);
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = upstream(move |mut s| {
+        let got_tx = got_tx.clone();
+        async move {
+            let mut all = Vec::new();
+            let _ = s.read_to_end(&mut all).await;
+            got_tx.send(all).unwrap();
+        }
+    })
+    .await;
+    let daemon = pki.start_daemon(&pki.inbound("web", upstream.addr, ""));
+    let mut tls = tls_connect(daemon.addr("web"), pki.client("/frontend"))
+        .await
+        .unwrap();
+    // 40 full records (more than one read ahead holds), then one whose tag is broken, sent
+    // in one burst.
+    let good: Vec<u8> = (0..40 * 16 * 1024).map(|i| (i % 251) as u8).collect();
+    let (tcp, conn) = tls.get_mut();
+    conn.set_buffer_limit(None);
+    std::io::Write::write_all(&mut conn.writer(), &good).unwrap();
+    std::io::Write::write_all(&mut conn.writer(), b"this record is corrupted").unwrap();
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    *wire.last_mut().unwrap() ^= 1;
+    tcp.write_all(&wire).await.unwrap();
+
+    let got = tokio::time::timeout(WAIT, got_rx.recv())
+        .await
+        .expect("the upstream connection was not closed")
+        .unwrap();
+    assert_eq!(got.len(), good.len(), "bytes before the bad record");
+    assert!(got == good, "the good records arrived changed");
+    let closed = daemon.wait_for_log("closed", |l| l["message"] == "connection closed");
+    assert_eq!(closed["reason"], "error");
+    assert_eq!(closed["bytes_from_peer"], good.len() as u64);
+    assert!(
+        closed["error"].as_str().unwrap().contains("cannot decrypt"),
+        "{closed}"
+    );
+    let mut again = tls_connect(daemon.addr("web"), pki.client("/frontend"))
+        .await
+        .unwrap();
+    again.write_all(b"next").await.unwrap();
+    again.shutdown().await.unwrap();
+    let got = tokio::time::timeout(WAIT, got_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"next");
+}
+
 /// More than 8 KiB of rejected early data falls back to a full handshake: a session the
 /// listener never issued, and a replay on a 0-RTT listener (openssl s_client).
 #[tokio::test(flavor = "multi_thread")]

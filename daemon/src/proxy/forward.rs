@@ -25,8 +25,12 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::ListenerMetrics;
 pub use crate::proxy::outcome::{CloseReason, Forwarded};
 
-/// A plain socket's read buffer while bytes flow: one maximum-size TLS record.
+/// A plain socket's read buffer when bytes start to flow: one maximum-size TLS record.
 const BUF_SIZE: usize = 16 * 1024;
+
+/// The most a busy direction reads (and so writes) at once: each read that fills the buffer
+/// quadruples the next one up to this, so a bulk transfer makes a sixteenth of the syscalls.
+pub const BUF_MAX: usize = 256 * 1024;
 
 /// Forwards until both directions finish, the connection idles out, or `hard_stop` fires.
 ///
@@ -81,7 +85,8 @@ const PROBE_SIZE: usize = 2048;
 /// tokio's bidirectional copy allocates both buffers when the connection starts and
 /// keeps them until it ends, so an idle connection holds two 16 KiB buffers. This
 /// reads into a small stack probe while it has no buffer, allocates one when data
-/// arrives, and gives it back as soon as it is empty and the next read would wait.
+/// arrives, grows it while reads fill it (up to [`BUF_MAX`]), and gives it back as
+/// soon as it is empty and the next read would wait.
 pub struct Buffered<'m, S> {
     inner: S,
     buf: Option<Box<[u8]>>,
@@ -104,8 +109,20 @@ impl<'m, S> Buffered<'m, S> {
     }
 
     fn release(&mut self) {
-        if self.buf.take().is_some() {
-            self.held.dec_by(BUF_SIZE as i64);
+        if let Some(buf) = self.buf.take() {
+            self.held.dec_by(buf.len() as i64);
+        }
+    }
+
+    /// Replaces a buffer that the last read filled with one four times larger.
+    fn grow(&mut self) {
+        let Some(len) = self.buf.as_ref().map(|b| b.len()) else {
+            return;
+        };
+        if self.cap == len && len < BUF_MAX {
+            let size = (len * 4).min(BUF_MAX);
+            self.buf = Some(vec![0u8; size].into_boxed_slice());
+            self.held.inc_by((size - len) as i64);
         }
     }
 }
@@ -120,6 +137,7 @@ impl<S: AsyncRead + Unpin> AsyncBufRead for Buffered<'_, S> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.pos == this.cap {
+            this.grow();
             this.pos = 0;
             this.cap = 0;
             let poll = match &mut this.buf {
@@ -439,7 +457,7 @@ impl Activity {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
     use crate::metrics::{Direction, Metrics};
@@ -550,13 +568,49 @@ mod tests {
 
     /// Yields (a bounded number of times) until the copy task has caught up and `held` is `want`.
     async fn settle(held: &Gauge, want: i64) {
+        settle_until(held, |v| v == want).await;
+        assert_eq!(held.get(), want, "copy buffers held");
+    }
+
+    /// Yields (a bounded number of times) until `held` satisfies `done`.
+    async fn settle_until(held: &Gauge, done: impl Fn(i64) -> bool) {
         for _ in 0..1000 {
-            if held.get() == want {
+            if done(held.get()) {
                 return;
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(held.get(), want, "copy buffers held");
+        assert!(done(held.get()), "copy buffers held: {}", held.get());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_filling_its_buffer_reads_larger_up_to_the_maximum() {
+        let source = vec![3u8; 4 * BUF_MAX];
+        let counted = meters();
+        let mut reader = Buffered::new(&source[..], &counted.buffer_bytes);
+        let mut reads = Vec::new();
+        let mut total = 0;
+        loop {
+            let chunk = reader.fill_buf().await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            assert!(chunk.iter().all(|&b| b == 3));
+            reads.push(n);
+            assert!(counted.buffer_bytes.get() >= n as i64);
+            reader.consume(n);
+            total += n;
+        }
+        assert_eq!(total, source.len());
+        // The stack probe, then one record, then four times more each time a read filled
+        // the buffer, until the maximum.
+        assert_eq!(
+            &reads[..5],
+            &[PROBE_SIZE, BUF_SIZE, 4 * BUF_SIZE, BUF_MAX, BUF_MAX]
+        );
+        drop(reader);
+        assert_eq!(counted.buffer_bytes.get(), 0);
     }
 
     #[tokio::test]
@@ -588,7 +642,7 @@ mod tests {
             client.write_all(&burst).await.unwrap();
             client
         });
-        settle(&held, BUF_SIZE as i64).await;
+        settle_until(&held, |v| v >= BUF_SIZE as i64).await;
         let mut received = vec![0u8; 200 * 1024];
         service.read_exact(&mut received).await.unwrap();
         assert!(received.iter().all(|&b| b == 7));

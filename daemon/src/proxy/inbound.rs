@@ -347,7 +347,7 @@ impl Inbound {
         // On a 0-RTT listener this returns once early data is here, so it is forwarded
         // without waiting a round trip.
         let mut tls = Box::new(
-            ServerTlsStream::accept(stream, conn)
+            ServerTlsStream::accept(stream, conn, self.state.metrics.buffer_bytes.clone())
                 .await
                 .map_err(|e| refuse(e, true))?,
         );

@@ -20,9 +20,14 @@
 //!   earlier when the client sends more after its first request (a client that only
 //!   uploads) and before `close_notify`, so every client that stays to the end of
 //!   its connection gets them.
-//! - **Records lent, not copied.** As an [`AsyncBufRead`] the stream hands the
-//!   copy loop rustls' decrypted record itself, which goes to the upstream without
-//!   first being copied into a buffer of ours.
+//! - **Records lent, not copied; a stream read and written in large pieces.** As an
+//!   [`AsyncBufRead`] the stream hands the copy loop rustls' decrypted record itself,
+//!   which goes to the upstream without first being copied into a buffer of ours.
+//!   When the peer streams (a read fills what rustls offers), ciphertext is read
+//!   ahead up to [`BUF_MAX`] at a time, and the records already here are gathered
+//!   into one piece for the upstream: one read and one write per 256 KiB instead of
+//!   one of each per 16 KiB record, for one more copy of the plaintext. Both buffers
+//!   are given back when the peer pauses.
 //!
 //! The I/O glue follows tokio-rustls: rustls is driven through a synchronous
 //! adapter that turns `Pending` into `WouldBlock`.
@@ -31,25 +36,63 @@ use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConnection;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::forward::{poll_read_from_buf, release_queued};
+use super::forward::{BUF_MAX, poll_read_from_buf, release_queued};
+
+/// rustls offers a read this much when its buffer is empty: a read that fills it means
+/// the peer is streaming, and the next reads go through the read-ahead buffer.
+const STREAMING_READ: usize = 4096;
+
+/// The most plaintext one TLS record carries.
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 
 /// A TLS server connection over TCP that can be used before its handshake completes.
 #[derive(Debug)]
 pub struct ServerTlsStream {
     io: TcpStream,
     conn: ServerConnection,
-    /// Early data drained from rustls, not yet read by the caller.
-    early: Vec<u8>,
+    /// Buffers of a streaming peer or of early data; none while the peer is quiet.
+    bulk: Option<Box<Bulk>>,
+    /// Counts the bytes `bulk` holds, with the listener's other copy buffers.
+    held: Gauge,
     eof: bool,
     close_sent: bool,
     /// TLS 1.3 session tickets are queued and wait to share a write (see the module docs).
     tickets_held: bool,
     /// The caller has read application data: more from the peer releases the tickets.
     data_read: bool,
+    /// rustls failed on a record after good ones: the error is reported once they are taken.
+    failed: bool,
+}
+
+/// What a streaming peer's connection holds between reads.
+#[derive(Debug, Default)]
+struct Bulk {
+    /// Ciphertext read ahead of rustls, which takes in at most one record at a time.
+    inbox: Vec<u8>,
+    inbox_at: usize,
+    /// Plaintext taken out of rustls for the caller: early data, or records gathered
+    /// into one piece.
+    plain: Vec<u8>,
+    plain_at: usize,
+}
+
+impl Bulk {
+    fn capacity(&self) -> usize {
+        self.inbox.capacity() + self.plain.capacity()
+    }
+
+    fn plain(&self) -> &[u8] {
+        &self.plain[self.plain_at..]
+    }
+
+    fn inbox(&self) -> &[u8] {
+        &self.inbox[self.inbox_at..]
+    }
 }
 
 /// `std::io` view of the socket inside a poll: `Pending` becomes `WouldBlock`.
@@ -98,17 +141,25 @@ fn tls_error(e: rustls::Error) -> io::Error {
 impl ServerTlsStream {
     /// Handshakes `conn` (made from the ClientHello already read) until it completes, or
     /// until a resuming client's early data is here.
-    pub async fn accept(io: TcpStream, mut conn: ServerConnection) -> io::Result<Self> {
+    ///
+    /// `held` counts the buffers it uses while the peer streams.
+    pub async fn accept(
+        io: TcpStream,
+        mut conn: ServerConnection,
+        held: Gauge,
+    ) -> io::Result<Self> {
         // Records that arrived with the ClientHello (early data) are already buffered.
         conn.process_new_packets().map_err(tls_error)?;
         let mut s = Self {
             io,
             conn,
-            early: Vec::new(),
+            bulk: None,
+            held,
             eof: false,
             close_sent: false,
             tickets_held: false,
             data_read: false,
+            failed: false,
         };
         loop {
             if !s.conn.is_handshaking() {
@@ -124,7 +175,7 @@ impl ServerTlsStream {
             }
             std::future::poll_fn(|cx| s.poll_flush_tls(cx)).await?;
             s.drain_early_data();
-            if !s.early.is_empty() {
+            if !s.pending_plain().is_empty() {
                 return Ok(s);
             }
             if std::future::poll_fn(|cx| s.poll_read_tls(cx)).await? == 0 {
@@ -144,24 +195,70 @@ impl ServerTlsStream {
     /// The early data received so far, removed from the stream.
     pub fn take_early_data(&mut self) -> Vec<u8> {
         self.drain_early_data();
-        std::mem::take(&mut self.early)
+        let early = self.pending_plain().to_vec();
+        self.consume_plain(early.len());
+        early
     }
 
     fn drain_early_data(&mut self) {
         if let Some(mut reader) = self.conn.early_data() {
+            let bulk = self.bulk.get_or_insert_default();
+            let before = bulk.capacity();
             // Bounded by the listener's early_data limit, which rustls enforces on receipt.
-            let _ = reader.read_to_end(&mut self.early);
+            let _ = reader.read_to_end(&mut bulk.plain);
+            self.held.inc_by((bulk.capacity() - before) as i64);
+        }
+    }
+
+    /// Plaintext taken out of rustls and not yet consumed.
+    fn pending_plain(&self) -> &[u8] {
+        self.bulk.as_deref().map_or(&[], Bulk::plain)
+    }
+
+    fn consume_plain(&mut self, amt: usize) {
+        if let Some(bulk) = &mut self.bulk {
+            bulk.plain_at += amt;
+            if bulk.plain_at == bulk.plain.len() {
+                bulk.plain.clear();
+                bulk.plain_at = 0;
+            }
+        }
+    }
+
+    /// Gives the buffers back: the peer paused, or the stream is dropped.
+    fn release_bulk(&mut self) {
+        if let Some(bulk) = self.bulk.take() {
+            self.held.dec_by(bulk.capacity() as i64);
         }
     }
 
     /// Reads what the socket has into rustls and processes it; `Ok(0)` is end of stream.
     fn poll_read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let n = match self.conn.read_tls(&mut SyncIo {
-            io: &mut self.io,
-            cx,
-        }) {
+        let read = if self.bulk.as_ref().is_some_and(|b| b.inbox.capacity() > 0) {
+            ready!(self.poll_read_ahead(cx))
+        } else {
+            let read = self.conn.read_tls(&mut SyncIo {
+                io: &mut self.io,
+                cx,
+            });
+            if matches!(read, Ok(n) if n >= STREAMING_READ) && !self.conn.is_handshaking() {
+                // The peer streams: read ahead from now on, until it pauses.
+                let bulk = self.bulk.get_or_insert_default();
+                bulk.inbox.reserve_exact(BUF_MAX);
+                self.held.inc_by(bulk.inbox.capacity() as i64);
+            }
+            read
+        };
+        let n = match read {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The peer paused: hold no buffers while waiting, unless plaintext the caller
+                // has not taken yet is in one (early data, while a shutdown finishes the handshake).
+                if self.pending_plain().is_empty() {
+                    self.release_bulk();
+                }
+                return Poll::Pending;
+            }
             Err(e) => return Poll::Ready(Err(e)),
         };
         if n == 0 {
@@ -170,9 +267,74 @@ impl ServerTlsStream {
         if let Err(e) = self.conn.process_new_packets() {
             // Let the peer see the alert rustls queued; the error is what counts.
             let _ = self.poll_flush_tls(cx);
-            return Poll::Ready(Err(tls_error(e)));
+            if !self.has_plaintext() {
+                return Poll::Ready(Err(tls_error(e)));
+            }
+            // Records before the bad one were good: they go first.
+            self.failed = true;
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// rustls holds decrypted bytes for the caller.
+    fn has_plaintext(&mut self) -> bool {
+        matches!(self.conn.reader().into_first_chunk(), Ok(chunk) if !chunk.is_empty())
+    }
+
+    /// Gives rustls ciphertext from the read-ahead buffer, refilling it from the socket
+    /// when it is empty.
+    fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(bulk) = self.bulk.as_deref_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        if bulk.inbox().is_empty() {
+            bulk.inbox.clear();
+            bulk.inbox_at = 0;
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut bulk.inbox) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
+            }
+        }
+        let read = self.conn.read_tls(&mut bulk.inbox());
+        if let Ok(n) = read {
+            bulk.inbox_at += n;
+        }
+        Poll::Ready(read)
+    }
+
+    /// Moves the records already read ahead out of rustls into one piece of plaintext.
+    fn gather(&mut self) {
+        let Some(bulk) = self.bulk.as_deref_mut() else {
+            return;
+        };
+        let before = bulk.capacity();
+        if bulk.plain.capacity() < BUF_MAX {
+            bulk.plain.reserve_exact(BUF_MAX);
+        }
+        loop {
+            match self.conn.reader().into_first_chunk() {
+                Ok(chunk) if !chunk.is_empty() => {
+                    let n = chunk.len();
+                    bulk.plain.extend_from_slice(chunk);
+                    self.conn.reader().consume(n);
+                }
+                _ => break,
+            }
+            let room = bulk.plain.capacity() - bulk.plain.len();
+            if room < MAX_RECORD_PLAINTEXT || bulk.inbox().is_empty() || self.failed {
+                break;
+            }
+            match self.conn.read_tls(&mut bulk.inbox()) {
+                Ok(n) => bulk.inbox_at += n,
+                Err(_) => break,
+            }
+            if self.conn.process_new_packets().is_err() {
+                // Records before the bad one go first; rustls keeps the error for later.
+                self.failed = true;
+            }
+        }
+        self.held.inc_by((bulk.capacity() - before) as i64);
     }
 
     /// Reads and decrypts until there is plaintext to hand out (early data first), the
@@ -180,8 +342,15 @@ impl ServerTlsStream {
     fn poll_plaintext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             self.drain_early_data();
-            if !self.early.is_empty() {
+            if !self.pending_plain().is_empty() {
                 return Poll::Ready(Ok(()));
+            }
+            if self.failed {
+                if self.has_plaintext() {
+                    return Poll::Ready(Ok(()));
+                }
+                let _ = self.poll_flush_tls(cx);
+                return Poll::Ready(self.conn.process_new_packets().map(drop).map_err(tls_error));
             }
             match self.conn.reader().into_first_chunk() {
                 // A record's plaintext, or an empty one after close_notify.
@@ -228,8 +397,14 @@ impl AsyncBufRead for ServerTlsStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         ready!(this.poll_plaintext(cx))?;
-        if !this.early.is_empty() {
-            return Poll::Ready(Ok(&this.early));
+        if this.pending_plain().is_empty()
+            && this.bulk.as_ref().is_some_and(|b| !b.inbox().is_empty())
+        {
+            // More records are already here: hand them over as one piece.
+            this.gather();
+        }
+        if !this.pending_plain().is_empty() {
+            return Poll::Ready(Ok(this.pending_plain()));
         }
         Poll::Ready(match this.conn.reader().into_first_chunk() {
             // rustls has seen the end of the stream and has nothing more: report it.
@@ -244,10 +419,10 @@ impl AsyncBufRead for ServerTlsStream {
             return;
         }
         this.data_read = true;
-        if this.early.is_empty() {
+        if this.pending_plain().is_empty() {
             this.conn.reader().consume(amt);
         } else {
-            this.early.drain(..amt);
+            this.consume_plain(amt);
         }
     }
 }
@@ -309,5 +484,11 @@ impl AsyncWrite for ServerTlsStream {
         }
         ready!(this.poll_flush_tls(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl Drop for ServerTlsStream {
+    fn drop(&mut self) {
+        self.release_bulk();
     }
 }

@@ -540,7 +540,10 @@ async fn serve_flight(
         // The early-PSK parser sees the same hostile bytes rustls does.
         let offered = client_hello::offered_early_psks(&hello.raw);
         let conn = hello.accepted.into_connection(config).ok()?;
-        let mut tls = ServerTlsStream::accept(server, conn).await.ok()?;
+        let held = Default::default();
+        let mut tls = ServerTlsStream::accept(server, conn, Clone::clone(&held))
+            .await
+            .ok()?;
         let early = tls.take_early_data();
         assert!(
             early.len() <= EARLY_DATA_LIMIT as usize,
@@ -559,6 +562,8 @@ async fn serve_flight(
         let mut rest = Vec::new();
         let _ = tls.read_to_end(&mut rest).await;
         let _ = tls.shutdown().await;
+        drop(tls);
+        assert_eq!(held.get(), 0, "buffers counted after the stream was dropped");
         Some(early)
     };
     tokio::join!(peer, proxy).1
