@@ -24,10 +24,11 @@
 //!   [`AsyncBufRead`] the stream hands the copy loop rustls' decrypted record itself,
 //!   which goes to the upstream without first being copied into a buffer of ours.
 //!   When the peer streams (a read fills what rustls offers), ciphertext is read
-//!   ahead up to [`BUF_MAX`] at a time, and the records already here are gathered
-//!   into one piece for the upstream: one read and one write per 256 KiB instead of
-//!   one of each per 16 KiB record, for one more copy of the plaintext. Both buffers
-//!   are given back when the peer pauses.
+//!   ahead, 64 KiB at a time and four times more after each read that filled the
+//!   buffer, up to [`BUF_MAX`]; the records already here are gathered into one
+//!   piece for the upstream. A bulk upload makes one read and one write per
+//!   256 KiB instead of one of each per 16 KiB record, for one more copy of the
+//!   plaintext. Both buffers are given back when the peer pauses.
 //!
 //! The I/O glue follows tokio-rustls: rustls is driven through a synchronous
 //! adapter that turns `Pending` into `WouldBlock`.
@@ -49,6 +50,9 @@ const STREAMING_READ: usize = 4096;
 
 /// The most plaintext one TLS record carries.
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+
+/// The read-ahead buffer of a peer that starts streaming: four records.
+const READ_AHEAD_MIN: usize = 4 * MAX_RECORD_PLAINTEXT;
 
 /// A TLS server connection over TCP that can be used before its handshake completes.
 #[derive(Debug)]
@@ -244,7 +248,7 @@ impl ServerTlsStream {
             if matches!(read, Ok(n) if n >= STREAMING_READ) && !self.conn.is_handshaking() {
                 // The peer streams: read ahead from now on, until it pauses.
                 let bulk = self.bulk.get_or_insert_default();
-                bulk.inbox.reserve_exact(BUF_MAX);
+                bulk.inbox.reserve_exact(READ_AHEAD_MIN);
                 self.held.inc_by(bulk.inbox.capacity() as i64);
             }
             read
@@ -288,6 +292,12 @@ impl ServerTlsStream {
             return Poll::Ready(Ok(0));
         };
         if bulk.inbox().is_empty() {
+            let capacity = bulk.inbox.capacity();
+            if bulk.inbox.len() == capacity && capacity < BUF_MAX {
+                // The last read filled the buffer: the next one may take four times as much.
+                bulk.inbox = Vec::with_capacity((capacity * 4).min(BUF_MAX));
+                self.held.inc_by((bulk.inbox.capacity() - capacity) as i64);
+            }
             bulk.inbox.clear();
             bulk.inbox_at = 0;
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut bulk.inbox) {
@@ -309,8 +319,10 @@ impl ServerTlsStream {
             return;
         };
         let before = bulk.capacity();
-        if bulk.plain.capacity() < BUF_MAX {
-            bulk.plain.reserve_exact(BUF_MAX);
+        // Room for what one read ahead can hold.
+        let want = bulk.inbox.capacity().max(READ_AHEAD_MIN);
+        if bulk.plain.capacity() < want {
+            bulk.plain.reserve_exact(want - bulk.plain.len());
         }
         loop {
             match self.conn.reader().into_first_chunk() {

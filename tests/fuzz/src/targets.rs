@@ -563,7 +563,11 @@ async fn serve_flight(
         let _ = tls.read_to_end(&mut rest).await;
         let _ = tls.shutdown().await;
         drop(tls);
-        assert_eq!(held.get(), 0, "buffers counted after the stream was dropped");
+        assert_eq!(
+            held.get(),
+            0,
+            "buffers counted after the stream was dropped"
+        );
         Some(early)
     };
     tokio::join!(peer, proxy).1
