@@ -6,11 +6,12 @@
 //! them to a sink thread's socket, and the proxy thread's own CPU time per GiB is taken
 //! (`CLOCK_THREAD_CPUTIME_ID`, plus any io_uring worker threads'), for two copy loops
 //! alternated round by round:
-//! - `epoll`: mtlsd's own copy loop (`proxy::forward::splice`, 16 KiB buffers) on a
-//!   current-thread tokio runtime, as the daemon runs it;
-//! - `uring`: the same bytes through io_uring (the `io-uring` crate, no runtime), 16 KiB
-//!   buffers, two of them, so the write of one buffer and the read into the other go to the
-//!   kernel in one `io_uring_enter`.
+//! - `epoll`: mtlsd's own copy loop (`proxy::forward::splice`, whose buffer grows from 16 KiB
+//!   to [`BUF_MAX`] while reads fill it) on a current-thread tokio runtime, as the daemon
+//!   runs it;
+//! - `uring`: the same bytes through io_uring (the `io-uring` crate, no runtime), two buffers
+//!   of [`BUF_MAX`], so the write of one buffer and the read into the other go to the kernel
+//!   in one `io_uring_enter`.
 //!
 //! Plaintext on both sides: what io_uring could save is syscall overhead, which TLS does not
 //! change. The daemon has no io_uring path; this decides whether to build one.
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, types};
 use mtlsd::metrics::{Direction, Metrics};
-use mtlsd::proxy::forward::{Buffered, splice};
+use mtlsd::proxy::forward::{BUF_MAX, Buffered, splice};
 use serde_json::json;
 
 use crate::workload::emit_phases;
@@ -41,7 +42,8 @@ pub struct Args {
     json_out: Option<std::path::PathBuf>,
 }
 
-const BUF: usize = 16 * 1024;
+/// Each io_uring buffer: as large as the epoll loop's grows.
+const BUF: usize = BUF_MAX;
 
 /// CPU time of the calling thread.
 fn thread_cpu() -> Duration {

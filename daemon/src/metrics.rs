@@ -250,7 +250,7 @@ impl Metrics {
         );
         registry.register(
             "copy_buffer_bytes",
-            "Memory held by copy buffers reading plain sockets (a TLS peer's records are forwarded from rustls' buffer; idle connections hold none)",
+            "Memory held by copy buffers: plain sockets' reads, and a streaming TLS peer's read-ahead and gathered records (idle connections hold none)",
             m.copy_buffer_bytes.clone(),
         );
         registry.register(

@@ -6,9 +6,10 @@
 //! TCP FIN) while the other direction keeps flowing.
 //!
 //! Each direction writes straight from its reader's buffer ([`AsyncBufRead`]).
-//! A TLS peer lends the records rustls has just decrypted, so those bytes are
-//! not copied again on their way to the upstream; a plain socket reads into a
-//! [`Buffered`] that exists only while bytes are in flight.
+//! A TLS peer lends the record rustls has just decrypted, or, while it streams,
+//! the records already read gathered into one piece; a plain socket reads into a
+//! [`Buffered`] that exists only while bytes are in flight and grows while they
+//! keep coming, so a bulk transfer moves in reads and writes of up to [`BUF_MAX`].
 
 use std::io;
 use std::pin::Pin;
