@@ -85,7 +85,7 @@ where
 
 /// A connected pair of stream sockets registered with tokio as TCP streams, which is what
 /// [`ServerTlsStream`] takes: the daemon's I/O paths without a network.
-fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+pub fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
     let as_tcp = |s: std::os::unix::net::UnixStream| {
         s.set_nonblocking(true).unwrap();

@@ -287,3 +287,76 @@ async fn an_idle_connection_gives_its_copy_buffers_back_and_keeps_working() {
         b"still here"
     );
 }
+
+/// A TLS peer that streams is read ahead, and the records already here reach the copy loop
+/// several at a time, intact and in order; the buffers are given back with the stream.
+#[tokio::test]
+async fn a_streaming_tls_peer_is_handed_over_in_pieces_larger_than_a_record() {
+    use mtlsd::metrics::{Direction, Metrics};
+    use mtlsd::proxy::server_tls::ServerTlsStream;
+    use mtlsd::tls::ServerResumption;
+    use tokio::io::AsyncBufReadExt;
+
+    const TOTAL: usize = 4 * 1024 * 1024;
+    const RECORD: usize = 16 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let year = std::time::Duration::from_secs(365 * 86_400);
+    let ca = mtlsd::ca::Authority::init(&dir.path().join("ca"), TD, year, year).unwrap();
+    let backend = mtlsd_crypto::software::Software::new();
+    let server_id =
+        in_memory::tls_identity(&ca, dir.path(), "spiffe://example.org/server", &backend);
+    let client_id =
+        in_memory::tls_identity(&ca, dir.path(), "spiffe://example.org/client", &backend);
+    let server = server_id.server_config(&ServerResumption::Off).unwrap();
+    let client = client_id
+        .client_config(&server_id.svid.id, false, false)
+        .unwrap();
+    let pattern = |i: usize| (i % 253) as u8;
+
+    let (client_io, server_io) = in_memory::socket_pair();
+    let writer = tokio::spawn(async move {
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, client_io)
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..TOTAL).map(pattern).collect();
+        tls.write_all(&data).await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let metrics = Metrics::new().listener("web", Direction::Inbound);
+    let conn = rustls::ServerConnection::new(server).unwrap();
+    let mut tls = ServerTlsStream::accept(server_io, conn, metrics.buffer_bytes.clone())
+        .await
+        .unwrap();
+    let (mut got, mut largest) = (0, 0);
+    loop {
+        let chunk = tls.fill_buf().await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        assert!(
+            chunk
+                .iter()
+                .enumerate()
+                .all(|(k, &b)| b == pattern(got + k)),
+            "bytes changed or reordered after {got}"
+        );
+        let n = chunk.len();
+        largest = largest.max(n);
+        got += n;
+        tls.consume(n);
+    }
+    writer.await.unwrap();
+    assert_eq!(got, TOTAL);
+    assert!(
+        largest > RECORD,
+        "no piece larger than one record: {largest} bytes at most"
+    );
+    drop(tls);
+    assert_eq!(
+        metrics.buffer_bytes.get(),
+        0,
+        "buffers counted after the stream ended"
+    );
+}

@@ -325,21 +325,28 @@ impl ServerTlsStream {
             bulk.plain.reserve_exact(want - bulk.plain.len());
         }
         loop {
+            // Take what rustls has decrypted, as long as it fits.
             match self.conn.reader().into_first_chunk() {
                 Ok(chunk) if !chunk.is_empty() => {
+                    if chunk.len() > bulk.plain.capacity() - bulk.plain.len() {
+                        break;
+                    }
                     let n = chunk.len();
                     bulk.plain.extend_from_slice(chunk);
                     self.conn.reader().consume(n);
+                    continue;
                 }
+                // Nothing decrypted yet (a record only partly fed), or the peer's close_notify.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 _ => break,
             }
-            let room = bulk.plain.capacity() - bulk.plain.len();
-            if room < MAX_RECORD_PLAINTEXT || bulk.inbox().is_empty() || self.failed {
+            // Feed rustls more of what was read ahead, if anything is left.
+            if self.failed || bulk.inbox().is_empty() {
                 break;
             }
             match self.conn.read_tls(&mut bulk.inbox()) {
-                Ok(n) => bulk.inbox_at += n,
-                Err(_) => break,
+                Ok(n) if n > 0 => bulk.inbox_at += n,
+                _ => break,
             }
             if self.conn.process_new_packets().is_err() {
                 // Records before the bad one go first; rustls keeps the error for later.
