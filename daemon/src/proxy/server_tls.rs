@@ -205,13 +205,21 @@ impl ServerTlsStream {
     }
 
     fn drain_early_data(&mut self) {
-        if let Some(mut reader) = self.conn.early_data() {
-            let bulk = self.bulk.get_or_insert_default();
-            let before = bulk.capacity();
-            // Bounded by the listener's early_data limit, which rustls enforces on receipt.
-            let _ = reader.read_to_end(&mut bulk.plain);
-            self.held.inc_by((bulk.capacity() - before) as i64);
+        let Some(mut reader) = self.conn.early_data() else {
+            return;
+        };
+        // rustls offers this reader for the whole life of a connection that accepted early
+        // data; `read_to_end` probes on the stack before it allocates, so an empty one is free.
+        let mut early = Vec::new();
+        // Bounded by the listener's early_data limit, which rustls enforces on receipt.
+        let _ = reader.read_to_end(&mut early);
+        if early.is_empty() {
+            return;
         }
+        let bulk = self.bulk.get_or_insert_default();
+        let before = bulk.capacity();
+        bulk.plain.extend_from_slice(&early);
+        self.held.inc_by((bulk.capacity() - before) as i64);
     }
 
     /// Plaintext taken out of rustls and not yet consumed.
@@ -411,7 +419,8 @@ impl ServerTlsStream {
     }
 }
 
-/// Lends the decrypted record itself, so the copy loop writes it without copying it first.
+/// Lends the decrypted record itself, or while the peer streams the records already here
+/// gathered into one piece, so the copy loop writes them without copying them again.
 impl AsyncBufRead for ServerTlsStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
