@@ -288,17 +288,24 @@ async fn an_idle_connection_gives_its_copy_buffers_back_and_keeps_working() {
     );
 }
 
-/// A TLS peer that streams is read ahead, and the records already here reach the copy loop
-/// several at a time, intact and in order; the buffers are given back with the stream.
-#[tokio::test]
-async fn a_streaming_tls_peer_is_handed_over_in_pieces_larger_than_a_record() {
+/// What [`through_server_tls`] saw.
+struct Streamed {
+    /// The largest piece the stream handed over at once.
+    largest: usize,
+    /// Copy-buffer bytes counted when the stream reported its end, before it was dropped.
+    held_at_end: i64,
+}
+
+/// `total` patterned bytes from a tokio-rustls client through the inbound side's
+/// `ServerTlsStream` over a socket pair, read as the copy loop reads (`fill_buf`/`consume`)
+/// and checked byte by byte. With `burst`, the client has written everything and its
+/// close_notify before the first read.
+async fn through_server_tls(total: usize, burst: bool) -> Streamed {
     use mtlsd::metrics::{Direction, Metrics};
     use mtlsd::proxy::server_tls::ServerTlsStream;
     use mtlsd::tls::ServerResumption;
     use tokio::io::AsyncBufReadExt;
 
-    const TOTAL: usize = 4 * 1024 * 1024;
-    const RECORD: usize = 16 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let year = std::time::Duration::from_secs(365 * 86_400);
     let ca = mtlsd::ca::Authority::init(&dir.path().join("ca"), TD, year, year).unwrap();
@@ -314,21 +321,30 @@ async fn a_streaming_tls_peer_is_handed_over_in_pieces_larger_than_a_record() {
     let pattern = |i: usize| (i % 253) as u8;
 
     let (client_io, server_io) = in_memory::socket_pair();
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(async move {
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let mut tls = tokio_rustls::TlsConnector::from(client)
             .connect(name, client_io)
             .await
             .unwrap();
-        let data: Vec<u8> = (0..TOTAL).map(pattern).collect();
+        let _ = connected_tx.send(());
+        let data: Vec<u8> = (0..total).map(pattern).collect();
         tls.write_all(&data).await.unwrap();
         tls.shutdown().await.unwrap();
+        tls
     });
     let metrics = Metrics::new().listener("web", Direction::Inbound);
     let conn = rustls::ServerConnection::new(server).unwrap();
     let mut tls = ServerTlsStream::accept(server_io, conn, metrics.buffer_bytes.clone())
         .await
         .unwrap();
+    let mut writer = Some(writer);
+    if burst {
+        connected.await.unwrap();
+        // Everything, close_notify included, is in the socket before the first read.
+        drop(writer.take().unwrap().await.unwrap());
+    }
     let (mut got, mut largest) = (0, 0);
     loop {
         let chunk = tls.fill_buf().await.unwrap();
@@ -347,16 +363,50 @@ async fn a_streaming_tls_peer_is_handed_over_in_pieces_larger_than_a_record() {
         got += n;
         tls.consume(n);
     }
-    writer.await.unwrap();
-    assert_eq!(got, TOTAL);
-    assert!(
-        largest > RECORD,
-        "no piece larger than one record: {largest} bytes at most"
-    );
+    let held_at_end = metrics.buffer_bytes.get();
+    if let Some(writer) = writer {
+        drop(writer.await.unwrap());
+    }
+    assert_eq!(got, total);
     drop(tls);
     assert_eq!(
         metrics.buffer_bytes.get(),
         0,
-        "buffers counted after the stream ended"
+        "buffers counted after the drop"
+    );
+    Streamed {
+        largest,
+        held_at_end,
+    }
+}
+
+const RECORD: usize = 16 * 1024;
+
+/// A TLS peer that streams is read ahead, and the records already here reach the copy loop
+/// several at a time, intact and in order.
+#[tokio::test]
+async fn a_streaming_tls_peer_is_handed_over_in_pieces_larger_than_a_record() {
+    let seen = through_server_tls(4 * 1024 * 1024, false).await;
+    assert!(
+        seen.largest > RECORD,
+        "no piece larger than one record: {} bytes at most",
+        seen.largest
+    );
+    assert_eq!(
+        seen.held_at_end, 0,
+        "buffers held after the end of the stream"
+    );
+}
+
+/// A peer whose last records and close_notify arrive in one read ahead leaves no buffer
+/// behind when its stream ends, though the connection (and the other direction) goes on.
+#[tokio::test]
+async fn a_tls_peer_that_closes_after_a_burst_leaves_no_buffer_behind() {
+    // Small enough to sit in the socket pair's buffer whole.
+    let seen = through_server_tls(8 * RECORD, true).await;
+    assert!(seen.largest > RECORD, "the burst was not read ahead");
+    assert_eq!(
+        seen.held_at_end, 0,
+        "buffers held after the end of the stream"
     );
 }

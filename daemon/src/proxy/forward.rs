@@ -87,12 +87,13 @@ const PROBE_SIZE: usize = 2048;
 /// keeps them until it ends, so an idle connection holds two 16 KiB buffers. This
 /// reads into a small stack probe while it has no buffer, allocates one when data
 /// arrives, grows it while reads fill it (up to [`BUF_MAX`]), and gives it back as
-/// soon as it is empty and the next read would wait.
+/// soon as it is empty and the next read would wait or the stream has ended.
 pub struct Buffered<'m, S> {
     inner: S,
-    buf: Option<Box<[u8]>>,
+    /// What the last read brought, from `pos` on not yet consumed; its capacity is the
+    /// buffer, none while nothing flows. Never zeroed: reads fill its spare capacity.
+    buf: Vec<u8>,
     pos: usize,
-    cap: usize,
     /// Buffer bytes held by all connections of the listener.
     held: &'m Gauge,
 }
@@ -102,29 +103,22 @@ impl<'m, S> Buffered<'m, S> {
     pub fn new(inner: S, held: &'m Gauge) -> Self {
         Self {
             inner,
-            buf: None,
+            buf: Vec::new(),
             pos: 0,
-            cap: 0,
             held,
         }
     }
 
-    fn release(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            self.held.dec_by(buf.len() as i64);
-        }
+    /// Replaces the buffer with `capacity` bytes, counted in `held`.
+    fn reallocate(&mut self, capacity: usize) {
+        let old = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
+        self.held
+            .inc_by(self.buf.capacity() as i64 - old.capacity() as i64);
     }
 
-    /// Replaces a buffer that the last read filled with one four times larger.
-    fn grow(&mut self) {
-        let Some(len) = self.buf.as_ref().map(|b| b.len()) else {
-            return;
-        };
-        if self.cap == len && len < BUF_MAX {
-            let size = (len * 4).min(BUF_MAX);
-            self.buf = Some(vec![0u8; size].into_boxed_slice());
-            self.held.inc_by((size - len) as i64);
-        }
+    fn release(&mut self) {
+        self.reallocate(0);
+        self.pos = 0;
     }
 }
 
@@ -137,34 +131,34 @@ impl<S> Drop for Buffered<'_, S> {
 impl<S: AsyncRead + Unpin> AsyncBufRead for Buffered<'_, S> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
-        if this.pos == this.cap {
-            this.grow();
+        if this.pos == this.buf.len() {
+            let capacity = this.buf.capacity();
+            if capacity > 0 && this.buf.len() == capacity && capacity < BUF_MAX {
+                // The last read filled the buffer: the next may take four times as much.
+                this.reallocate((capacity * 4).min(BUF_MAX));
+            }
+            this.buf.clear();
             this.pos = 0;
-            this.cap = 0;
-            let poll = match &mut this.buf {
-                Some(buf) => {
-                    let mut rb = ReadBuf::new(buf);
-                    Pin::new(&mut this.inner)
-                        .poll_read(cx, &mut rb)
-                        .map_ok(|()| rb.filled().len())
+            let poll = if this.buf.capacity() > 0 {
+                tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf)
+            } else {
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE_SIZE];
+                let mut rb = ReadBuf::uninit(&mut probe);
+                let poll = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+                let got = rb.filled();
+                if matches!(poll, Poll::Ready(Ok(()))) && !got.is_empty() {
+                    this.reallocate(BUF_SIZE);
+                    this.buf.extend_from_slice(got);
                 }
-                None => {
-                    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE_SIZE];
-                    let mut rb = ReadBuf::uninit(&mut probe);
-                    let poll = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
-                    let got = rb.filled();
-                    if matches!(poll, Poll::Ready(Ok(()))) && !got.is_empty() {
-                        let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
-                        buf[..got.len()].copy_from_slice(got);
-                        this.held.inc_by(BUF_SIZE as i64);
-                        this.buf = Some(buf);
-                    }
-                    poll.map_ok(|()| got.len())
-                }
+                poll.map_ok(|()| got.len())
             };
             match poll {
-                Poll::Ready(Ok(n)) => this.cap = n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                // The end of the stream, or an error: nothing more will come through here.
+                Poll::Ready(done) => {
+                    this.release();
+                    return Poll::Ready(done.map(|_| &[][..]));
+                }
                 // Nothing to read: hold no memory while waiting.
                 Poll::Pending => {
                     this.release();
@@ -172,13 +166,12 @@ impl<S: AsyncRead + Unpin> AsyncBufRead for Buffered<'_, S> {
                 }
             }
         }
-        let buf = this.buf.as_deref().unwrap_or_default();
-        Poll::Ready(Ok(&buf[this.pos..this.cap]))
+        Poll::Ready(Ok(&this.buf[this.pos..]))
     }
 
     fn consume(self: Pin<&mut Self>, amt: usize) {
         let this = self.get_mut();
-        this.pos = (this.pos + amt).min(this.cap);
+        this.pos = (this.pos + amt).min(this.buf.len());
     }
 }
 
@@ -610,8 +603,9 @@ mod tests {
             &reads[..5],
             &[PROBE_SIZE, BUF_SIZE, 4 * BUF_SIZE, BUF_MAX, BUF_MAX]
         );
-        drop(reader);
+        // Given back at the end of the stream, before the reader goes.
         assert_eq!(counted.buffer_bytes.get(), 0);
+        drop(reader);
     }
 
     #[tokio::test]

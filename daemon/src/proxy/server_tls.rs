@@ -424,7 +424,10 @@ impl ServerTlsStream {
 impl AsyncBufRead for ServerTlsStream {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
-        ready!(this.poll_plaintext(cx))?;
+        if let Err(e) = ready!(this.poll_plaintext(cx)) {
+            this.release_bulk();
+            return Poll::Ready(Err(e));
+        }
         if this.pending_plain().is_empty()
             && this.bulk.as_ref().is_some_and(|b| !b.inbox().is_empty())
         {
@@ -433,6 +436,10 @@ impl AsyncBufRead for ServerTlsStream {
         }
         if !this.pending_plain().is_empty() {
             return Poll::Ready(Ok(this.pending_plain()));
+        }
+        if !this.has_plaintext() {
+            // The end of the stream (or an error, next): nothing more will be read ahead.
+            this.release_bulk();
         }
         Poll::Ready(match this.conn.reader().into_first_chunk() {
             // rustls has seen the end of the stream and has nothing more: report it.
