@@ -33,6 +33,16 @@ const BUF_SIZE: usize = 16 * 1024;
 /// quadruples the next one up to this, so a bulk transfer makes a sixteenth of the syscalls.
 pub const BUF_MAX: usize = 256 * 1024;
 
+/// The capacity a read buffer should have for its next read, given what the last one
+/// `filled` of its `capacity`: four times more after a full read, up to [`BUF_MAX`].
+pub fn next_read_capacity(filled: usize, capacity: usize) -> usize {
+    if capacity > 0 && filled == capacity && capacity < BUF_MAX {
+        (capacity * 4).min(BUF_MAX)
+    } else {
+        capacity
+    }
+}
+
 /// Forwards until both directions finish, the connection idles out, or `hard_stop` fires.
 ///
 /// `peer` lends its read buffer: a TLS stream its decrypted records, a plain socket a
@@ -132,10 +142,9 @@ impl<S: AsyncRead + Unpin> AsyncBufRead for Buffered<'_, S> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.pos == this.buf.len() {
-            let capacity = this.buf.capacity();
-            if capacity > 0 && this.buf.len() == capacity && capacity < BUF_MAX {
-                // The last read filled the buffer: the next may take four times as much.
-                this.reallocate((capacity * 4).min(BUF_MAX));
+            let capacity = next_read_capacity(this.buf.len(), this.buf.capacity());
+            if capacity != this.buf.capacity() {
+                this.reallocate(capacity);
             }
             this.buf.clear();
             this.pos = 0;

@@ -25,7 +25,7 @@
 //!   which goes to the upstream without first being copied into a buffer of ours.
 //!   When the peer streams (a read fills what rustls offers), ciphertext is read
 //!   ahead, 64 KiB at a time and four times more after each read that filled the
-//!   buffer, up to [`BUF_MAX`]; the records already here are gathered into one
+//!   buffer, up to [`BUF_MAX`](super::forward::BUF_MAX); the records already here are gathered into one
 //!   piece for the upstream. A bulk upload makes one read and one write per
 //!   256 KiB instead of one of each per 16 KiB record, for one more copy of the
 //!   plaintext. Both buffers are given back when the peer pauses.
@@ -42,7 +42,7 @@ use rustls::ServerConnection;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::forward::{BUF_MAX, poll_read_from_buf, release_queued};
+use super::forward::{next_read_capacity, poll_read_from_buf, release_queued};
 
 /// rustls offers a read this much when its buffer is empty: a read that fills it means
 /// the peer is streaming, and the next reads go through the read-ahead buffer.
@@ -301,9 +301,9 @@ impl ServerTlsStream {
         };
         if bulk.inbox().is_empty() {
             let capacity = bulk.inbox.capacity();
-            if bulk.inbox.len() == capacity && capacity < BUF_MAX {
-                // The last read filled the buffer: the next one may take four times as much.
-                bulk.inbox = Vec::with_capacity((capacity * 4).min(BUF_MAX));
+            let next = next_read_capacity(bulk.inbox.len(), capacity);
+            if next != capacity {
+                bulk.inbox = Vec::with_capacity(next);
                 self.held.inc_by((bulk.inbox.capacity() - capacity) as i64);
             }
             bulk.inbox.clear();
